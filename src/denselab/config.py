@@ -1,0 +1,232 @@
+"""Config checks and Hydra helpers: every invalid setting is refused before any compute, in one line
+naming the key, its value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# Top-level keys of conf/config.yaml that the groups interpolate (`${depth}` …): the short names a
+# researcher sweeps on the command line.
+SHORTHANDS = ("depth", "width", "heads", "dilation", "dwa_period", "seq_len", "seed", "steps", "batch_size", "lr")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run. Its message is one line: key=value: what is allowed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic output folders
+# ---------------------------------------------------------------------------------------------
+
+def override_key(override: str) -> str:
+    """'++model.depth=3' → 'model.depth'."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def dirname(overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> str:
+    """A folder name that is a pure function of the command-line overrides, e.g.
+    'dilation=2,model=denseformer'; 'default' when there are none."""
+    exclude = set(exclude_keys)
+    kept = sorted(o for o in overrides if override_key(o) not in exclude and not override_key(o).startswith("hydra."))
+    name = ",".join(kept) or "default"
+    name = re.sub(r"[^A-Za-z0-9=,._+\-\[\]]", "_", name)
+    if len(name) > 120:  # keep paths short but unique
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
+    return name
+
+
+def sweep_dirname(name: str | None, overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> str:
+    """`name` when given, else `dirname` of the sweep's own (unexpanded) overrides."""
+    return str(name) if name else dirname(overrides, exclude_keys)
+
+
+def micro_batch(batch_size: int, accumulate: int) -> int:
+    """Sequences per micro-batch, so that `accumulate` micro-batches make one optimiser batch."""
+    if batch_size % accumulate:
+        raise ConfigError(f"batch_size={batch_size}: allowed multiples of trainer.accumulate_grad_batches={accumulate}")
+    return batch_size // accumulate
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("denselab.micro_batch", micro_batch, replace=True)
+    OmegaConf.register_new_resolver("denselab.dirname", dirname, replace=True)
+    OmegaConf.register_new_resolver("denselab.sweep_dirname", sweep_dirname, replace=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+def _walk_strings(node: Any, path: str = "") -> Iterable[tuple[str, str]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk_strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk_strings(v, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def used_shorthands(cfg: DictConfig) -> set[str]:
+    """Shorthands that some config group actually interpolates (outside the top level itself)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    used = set()
+    for path, text in _walk_strings({k: v for k, v in raw.items() if k not in SHORTHANDS and k != "hydra"}):
+        for name in SHORTHANDS:
+            if re.search(r"\$\{\s*" + name + r"\s*\}", text):
+                used.add(name)
+    return used
+
+
+def _display_key(cfg: DictConfig, path: str) -> str:
+    """The key the user would type: the shorthand when the node is `${shorthand}`, else the path."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    m = re.fullmatch(r"\$\{\s*(\w+)\s*\}", node) if isinstance(node, str) else None
+    return m.group(1) if m and m.group(1) in SHORTHANDS else path
+
+
+def _fail(cfg: DictConfig, path: str, value: Any, allowed: str) -> ConfigError:
+    key = _display_key(cfg, path)
+    where = f" ({path})" if key != path else ""
+    return ConfigError(f"{key}={value!r}: allowed {allowed}{where}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _exists(cfg: DictConfig, path: str) -> bool:
+    """Whether the key is present (set, null or '???')."""
+    parent_path, _, key = path.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+    return isinstance(parent, DictConfig) and key in parent.keys()
+
+
+def _missing(cfg: DictConfig, path: str) -> bool:
+    """Whether the key holds '???' (mandatory, not set)."""
+    parent_path, _, key = path.rpartition(".")
+    return OmegaConf.is_missing(OmegaConf.select(cfg, parent_path) if parent_path else cfg, key)
+
+
+def _require(cfg: DictConfig, path: str, ok: Callable[[Any], bool], allowed: str) -> Any:
+    if not _exists(cfg, path):
+        return None
+    if _missing(cfg, path):
+        raise ConfigError(f"{path} is not set: allowed {allowed}")
+    value = OmegaConf.select(cfg, path)
+    if not ok(value):
+        raise _fail(cfg, path, value, allowed)
+    return value
+
+
+def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
+    """Raise ConfigError for the first setting that cannot run. Cheap: touches no data or model."""
+    overrides = list(overrides)
+    model_name = OmegaConf.select(cfg, "model.name", default="?")
+
+    # A shorthand given on the command line must reach the model, or the sweep repeats itself.
+    used = used_shorthands(cfg)
+    for o in overrides:
+        key = override_key(o)
+        if key in SHORTHANDS and key not in used:
+            raise ConfigError(
+                f"{o}: model={model_name} does not use '{key}', so every value would train the same model; "
+                f"drop '{key}' for this model (allowed for it: {', '.join(s for s in SHORTHANDS if s in used)})"
+            )
+
+    net = "model.net"
+    depth = _require(cfg, f"{net}.depth", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    width = _require(cfg, f"{net}.width", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    heads = _require(cfg, f"{net}.n_heads", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    if width is not None and heads is not None:
+        if width % heads:
+            raise _fail(cfg, f"{net}.width", width, f"multiples of heads={heads} (width must be divisible by heads)")
+        if (width // heads) % 2:
+            raise _fail(cfg, f"{net}.width", width, f"widths with an even head size (width/heads={width // heads} "
+                        "is odd; rotary encoding rotates pairs of dims)")
+    _require(cfg, f"{net}.dropout", lambda v: _is_num(v) and 0 <= v < 1, "0 <= dropout < 1")
+    if OmegaConf.select(cfg, f"{net}.dwa") is not None:
+        _require(cfg, f"{net}.dwa.dilation", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+        _require(cfg, f"{net}.dwa.period", lambda v: _is_int(v) and 1 <= v <= (depth or v),
+                 f"integers 1..depth ({depth}); a larger period places no DWA at all")
+        if OmegaConf.select(cfg, f"{net}.dwa.depth") != depth:
+            raise _fail(cfg, f"{net}.dwa.depth", OmegaConf.select(cfg, f"{net}.dwa.depth"), f"the model depth ({depth})")
+    _require(cfg, "model.vocab_multiple", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, f"{net}.max_seq_len", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+
+    # Data
+    from denselab.data.tokenizers import TOKENIZERS
+
+    _require(cfg, "data.tokenizer", lambda v: v in TOKENIZERS, f"one of {', '.join(TOKENIZERS)}")
+    seq_len = _require(cfg, "data.seq_len", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    max_seq_len = OmegaConf.select(cfg, f"{net}.max_seq_len")
+    if seq_len is not None and max_seq_len is not None and seq_len > max_seq_len:
+        raise _fail(cfg, "data.seq_len", seq_len, f"<= model.net.max_seq_len={max_seq_len}")
+    accumulate = _require(cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    batch = _require(cfg, "batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1 (sequences per optimiser step)")
+    if batch is not None and accumulate is not None and batch % accumulate:
+        raise _fail(cfg, "batch_size", batch, f"multiples of trainer.accumulate_grad_batches={accumulate}")
+    _require(cfg, "data.batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, "data.num_proc", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    for key in ("data.val_windows", "data.final_val_windows"):
+        _require(cfg, key, lambda v: v is None or (_is_int(v) and v >= 1), "null (all windows) or integers >= 1")
+    if _exists(cfg, "data.paths"):
+        if _missing(cfg, "data.paths"):
+            raise ConfigError("data.paths is not set: data=text needs data.paths=[file.txt,file.jsonl,...]")
+        paths = OmegaConf.select(cfg, "data.paths")
+        if not isinstance(paths, (list, ListConfig)) or not paths:
+            raise ConfigError(f"data.paths={paths!r}: allowed a non-empty list, e.g. data.paths=[a.txt,b.jsonl]")
+
+    # Optimisation
+    _require(cfg, "optim.lr", lambda v: _is_num(v) and v > 0, "numbers > 0")
+    _require(cfg, "optim.betas", lambda v: len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)")
+    _require(cfg, "optim.weight_decay", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
+    _require(cfg, "optim.dwa_weight_decay", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
+    _require(cfg, "optim.dwa_lr_scale", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
+    _require(cfg, "optim.warmup_fraction", lambda v: _is_num(v) and 0 <= v < 1, "0 <= warmup_fraction < 1")
+    _require(cfg, "optim.warmup_steps", lambda v: v is None or (_is_int(v) and v >= 0), "null or integers >= 0")
+    _require(cfg, "optim.min_lr_ratio", lambda v: _is_num(v) and 0 <= v <= 1, "0 <= min_lr_ratio <= 1")
+
+    # Trainer
+    steps = _require(cfg, "trainer.max_steps", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, "trainer.val_check_interval", lambda v: _is_int(v) and v >= 1, "integers >= 1 (steps)")
+    _require(cfg, "trainer.gradient_clip_val", lambda v: v is None or (_is_num(v) and v >= 0), "null or numbers >= 0")
+    _require(cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, f"one of {', '.join(PRECISIONS)}")
+    warmup = OmegaConf.select(cfg, "optim.warmup_steps")
+    if warmup is not None and steps is not None and warmup >= steps:
+        raise _fail(cfg, "optim.warmup_steps", warmup, f"fewer than steps={steps}")
+    _require(cfg, "ckpt_path", lambda v: v is None or isinstance(v, str), "null (fresh start), 'last' or a .ckpt path")
+
+
+def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:
+    """Refuse `group=option` arguments naming an option that has no YAML, before Hydra starts."""
+    conf_dir = Path(conf_dir)
+    groups = {p.name for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in groups or any(c in value for c in "()[]{}$"):
+            continue  # not a group, or a sweep expression Hydra must interpret
+        options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml") if not p.stem.startswith("_"))
+        for choice in value.split(","):
+            choice = choice.strip()
+            if choice and choice != "null" and choice not in options:
+                print(f"error: {key}={choice}: unknown {key}; allowed: {', '.join(options)}", file=sys.stderr)
+                raise SystemExit(2)

@@ -1,0 +1,64 @@
+"""Hydra callbacks for sweeps: check every job's config before the first one starts, aggregate after."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from denselab.config import ConfigError, validate_config
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of every job the basic sweeper will launch (config sweeps included)."""
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def pin_sweep_dir(config: DictConfig) -> str:
+    """Resolve hydra.sweep.dir once, from the sweep's own overrides, and hand it to every job.
+
+    The folder name depends on `hydra.overrides.task`, which inside a job holds that job's overrides
+    only; the launcher rebuilds each job's config from `hydra.overrides.hydra`, so the resolved
+    folder travels as a hydra override.
+    """
+    sweep_dir = str(config.hydra.sweep.dir)
+    quoted = sweep_dir.replace("\\", "\\\\").replace("'", "\\'")
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.sweep.dir = sweep_dir
+        config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
+    return sweep_dir
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        pin_sweep_dir(config)
+        jobs = sweep_jobs(config)
+        for n, job in enumerate(jobs):
+            try:
+                validate_config(compose(config_name=config.hydra.job.config_name, overrides=job), job)
+            except (ConfigError, HydraException) as e:
+                print(f"error: job {n} ({' '.join(job)}): {e}".splitlines()[0], file=sys.stderr)
+                print(f"[denselab] none of the {len(jobs)} jobs was started", file=sys.stderr)
+                raise SystemExit(2) from None
+        print(f"[denselab] sweep of {len(jobs)} job(s) into {config.hydra.sweep.dir}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from denselab.aggregate import aggregate
+
+        try:
+            _, _, results = aggregate(Path(config.hydra.sweep.dir))
+        except FileNotFoundError as e:
+            print(f"[denselab] nothing to aggregate: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if not (results["status"] == "completed").all():
+            raise SystemExit(1)

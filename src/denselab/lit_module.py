@@ -1,0 +1,84 @@
+"""The LightningModule every architecture trains with: next-token cross-entropy, AdamW, cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from denselab.optim import build_optimizer, lr_factor, warmup_steps_for
+
+
+class LanguageModel(L.LightningModule):
+    """Wraps an architecture node (`net`: token ids (B, T) → logits (B, T, V)).
+
+    Args:
+        net: the model built from `conf/model/<name>.yaml`.
+        optim: the `optim` config group as a dict (see `conf/optim/adamw.yaml`).
+        max_steps: optimiser steps of the whole run (for the schedule).
+    """
+
+    def __init__(self, net: torch.nn.Module, optim: dict[str, Any], max_steps: int):
+        super().__init__()
+        self.net = net
+        self.optim_cfg = dict(optim)
+        self.max_steps = max_steps
+        self.val_loss = MeanMetric()  # token-weighted mean of the fp32 cross-entropy
+        self.eval_prefix = "val"  # "final_val" for the full pass at the end
+        self.last_eval: dict[str, float] = {}
+        self.best_val_loss = math.inf  # kept in checkpoints, so a resumed run reports the whole run
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.net(idx)
+
+    @staticmethod
+    def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy, computed in fp32 whatever the activation dtype."""
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    # -- training ---------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.cross_entropy(self.net(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    # -- validation -------------------------------------------------------------------------------
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_loss.update(self.cross_entropy(self.net(x), y), weight=y.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute().item()
+        self.val_loss.reset()
+        ppl = math.exp(min(loss, 50.0))
+        prefix = self.eval_prefix
+        self.log(f"{prefix}/loss", loss, prog_bar=prefix == "val")
+        self.log(f"{prefix}/ppl", ppl, prog_bar=prefix == "val")
+        self.last_eval = {"loss": loss, "ppl": ppl}
+        if prefix == "val" and not self.trainer.sanity_checking:
+            self.best_val_loss = min(self.best_val_loss, loss)
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.optim_cfg
+        optimizer = build_optimizer(
+            self.net, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"],
+            dwa_weight_decay=o["dwa_weight_decay"], dwa_lr_scale=o["dwa_lr_scale"], eps=o.get("eps", 1e-8),
+        )
+        warmup = warmup_steps_for(self.max_steps, o.get("warmup_steps"), o["warmup_fraction"])
+        schedule = partial(lr_factor, max_steps=self.max_steps, warmup_steps=warmup, min_lr_ratio=o["min_lr_ratio"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["best_val_loss"] = self.best_val_loss
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_loss = checkpoint.get("best_val_loss", math.inf)

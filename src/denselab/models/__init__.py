@@ -1,0 +1,35 @@
+"""Architecture nodes. `conf/model/<name>.yaml` picks one; `build_model` instantiates it."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from denselab.models.dwa import DWA, num_dwa_parameters
+from denselab.models.gpt import GPT
+
+__all__ = ["DWA", "GPT", "build_model", "count_parameters", "num_dwa_parameters", "padded_vocab_size"]
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    """Round the tokenizer's vocabulary up to a multiple (GPT-2: 50257 → 50304 with 64), for fast matmuls."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def build_model(model_cfg: DictConfig, vocab_size: int, device: str | torch.device | None = None) -> GPT:
+    """Instantiate `model_cfg.net` (a Hydra node) for an already padded vocabulary."""
+    with torch.device(device) if device is not None else nullcontext():
+        return instantiate(model_cfg.net, vocab_size=vocab_size)
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Unique parameters (tied weights once): total, the DWA/mixing share, and the embedding share."""
+    groups = model.parameter_groups()
+    total = sum(p.numel() for ps in groups.values() for _, p in ps)
+    dwa = sum(p.numel() for _, p in groups["dwa"])
+    embedding = model.wte.weight.numel()
+    return {"total": total, "dwa": dwa, "embedding": embedding, "non_embedding": total - embedding}
+

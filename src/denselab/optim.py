@@ -1,0 +1,60 @@
+"""AdamW with three parameter groups and a cosine schedule with linear warmup (paper §4, App. A.3).
+
+Groups (names as logged by LearningRateMonitor):
+    decay     the matrices of the linears                       weight decay `weight_decay`
+    no_decay  LayerNorm gains, biases, the tied embedding       no weight decay
+    dwa       the depth-mixing weights α                        `dwa_weight_decay`, lr × `dwa_lr_scale`
+
+The official experiments code (epfml/DenseFormer) stores each DWA's α as an `nn.Linear` weight,
+so its optimiser puts α in the *decayed* group with the common learning rate (wd 0.1, lr × 1).
+Set `optim.dwa_weight_decay=0.1` to reproduce that; our default leaves α undecayed, because decay
+pulls α_{i,i} from its identity value 1 towards 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    dwa_weight_decay: float,
+    dwa_lr_scale: float,
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    groups = model.parameter_groups()
+    settings = {
+        "decay": {"weight_decay": weight_decay, "lr": lr},
+        "no_decay": {"weight_decay": 0.0, "lr": lr},
+        "dwa": {"weight_decay": dwa_weight_decay, "lr": lr * dwa_lr_scale},
+    }
+    param_groups = [
+        {"name": name, "params": [p for _, p in groups[name]], **settings[name]}
+        for name in ("decay", "no_decay", "dwa")
+        if groups[name]
+    ]
+    fused = all(p.is_cuda for g in param_groups for p in g["params"])
+    return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+
+
+def lr_factor(step: int, max_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak learning rate at optimiser step `step` (0-based).
+
+    Linear warmup (step+1)/W over the first W steps, then a half cosine from 1 down to
+    `min_lr_ratio` at the last step. The official code's OneCycleLR(div_factor=100,
+    final_div_factor=0.1) ends at lr/10, hence the default min_lr_ratio = 0.1.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps - 1))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps_for(max_steps: int, warmup_steps: int | None, warmup_fraction: float) -> int:
+    """Explicit `warmup_steps` when given, else `warmup_fraction` of the run (paper: 5 % = 2000 of 40k)."""
+    return int(warmup_steps) if warmup_steps is not None else int(round(warmup_fraction * max_steps))

@@ -1,0 +1,105 @@
+"""Invalid settings are refused before any compute, in one line naming key, value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from denselab.config import ConfigError, dirname, register_resolvers, used_shorthands, validate_config
+from tests.conftest import REPO, TINY, run_cli
+
+register_resolvers()
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def refusal(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(composed(*overrides), overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_default_config_is_valid():
+    validate_config(composed())
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["dilation=0"], "dilation=0: allowed integers >= 1 (model.net.dwa.dilation)"),
+    (["dwa_period=0"], "dwa_period=0: allowed integers 1..depth (12)"),
+    (["dwa_period=13"], "dwa_period=13: allowed integers 1..depth (12)"),
+    (["width=100", "heads=3"], "width=100: allowed multiples of heads=3"),
+    (["width=96", "heads=32"], "width=96: allowed widths with an even head size"),
+    (["depth=0"], "depth=0: allowed integers >= 1 (model.net.depth)"),
+    (["steps=0"], "steps=0: allowed integers >= 1 (trainer.max_steps)"),
+    (["lr=-0.001"], "lr=-0.001: allowed numbers > 0 (optim.lr)"),
+    (["batch_size=10", "trainer.accumulate_grad_batches=4"], "batch_size=10: allowed multiples of trainer.accumulate_grad_batches=4"),
+    (["data.tokenizer=bpe"], "data.tokenizer='bpe': allowed one of byte, gpt2"),
+    (["optim.warmup_fraction=1.5"], "optim.warmup_fraction=1.5: allowed 0 <= warmup_fraction < 1"),
+    (["trainer.precision=8-bit"], "trainer.precision='8-bit': allowed one of 32-true"),
+    (["model.net.max_seq_len=64", "seq_len=128"], "seq_len=128: allowed <= model.net.max_seq_len=64 (data.seq_len)"),
+    (["data=text"], "data.paths is not set"),
+])
+def test_invalid_setting_is_refused_with_key_value_and_allowed(overrides, expected):
+    assert refusal(*overrides).startswith(expected)
+
+
+def test_dilation_given_to_the_transformer_is_refused():
+    message = refusal("model=transformer", "dilation=2")
+    assert message.startswith("dilation=2: model=transformer does not use 'dilation'")
+
+
+def test_transformer_uses_the_architecture_shorthands_but_not_the_dwa_ones():
+    used = used_shorthands(composed("model=transformer"))
+    assert {"depth", "width", "heads", "seq_len", "seed", "steps", "batch_size", "lr"} <= used
+    assert not {"dilation", "dwa_period"} & used
+    assert {"dilation", "dwa_period"} <= used_shorthands(composed("model=denseformer"))
+
+
+def test_run_folders_are_named_by_their_overrides():
+    assert dirname(["model=denseformer", "dilation=2"]) == "dilation=2,model=denseformer"
+    assert dirname([]) == "default"
+    assert dirname(["ckpt_path=null", "seed=1"], exclude_keys=["ckpt_path"]) == "seed=1"
+    assert dirname(["data.paths=[/a/b.txt]"]) == "data.paths=[_a_b.txt]"
+    assert len(dirname([f"x{i}=1" for i in range(100)])) <= 111
+
+
+# -- through the command line, as a user meets them ------------------------------------------------------
+
+def test_cli_refuses_bad_value_in_one_line_and_creates_no_run(tmp_path, data_dir):
+    proc = run_cli(["dilation=0"], tmp_path, data_dir, check=False)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: dilation=0: allowed integers >= 1 (model.net.dwa.dilation)"]
+    assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_cli_refuses_unknown_model_listing_the_known_ones(tmp_path, data_dir):
+    proc = run_cli(["model=densformer"], tmp_path, data_dir, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: model=densformer: unknown model; allowed: denseformer, transformer"
+
+
+def test_cli_refuses_a_sweep_with_an_invalid_job_before_starting_any(tmp_path, data_dir):
+    proc = run_cli(["-m", "model=denseformer,transformer", "dilation=1,2", *TINY], tmp_path, data_dir, check=False)
+    assert proc.returncode == 2
+    assert "does not use 'dilation'" in proc.stderr
+    assert "none of the 4 jobs was started" in proc.stderr
+    assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_cli_refuses_sequence_longer_than_the_data(tmp_path, data_dir):
+    corpus = tmp_path / "tiny.jsonl"
+    corpus.write_text("".join(f'{{"text": "short document {i}"}}\n' for i in range(40)))
+    proc = run_cli(["data=text", f"data.paths=[{corpus}]", "seq_len=4096", "model.net.max_seq_len=4096",
+                    *[a for a in TINY if not a.startswith("seq_len")]], tmp_path / "logs", data_dir, check=False)
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")][0].startswith(
+        "error: seq_len=4096: longer than the data allows; the train split has")
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))

@@ -1,0 +1,133 @@
+"""run.py end to end, as a researcher runs it: a job, a sweep, a crash and its resumption."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REPO, TINY, run_cli
+
+
+def only_run_dir(log_dir: Path) -> Path:
+    (metrics,) = log_dir.rglob("metrics.json")
+    return metrics.parent
+
+
+def tensorboard_tags(run_dir: Path) -> tuple[set[str], set[str]]:
+    scalars, plugins = set(), set()
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+        try:
+            plugins |= set(acc.PluginTagToContent("hparams"))
+        except KeyError:  # this event file holds no HParams
+            pass
+    return scalars, plugins
+
+
+def test_job_writes_metrics_config_checkpoint_and_tensorboard(tmp_path, data_dir):
+    proc = run_cli(TINY, tmp_path, data_dir)
+    run_dir = only_run_dir(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 6
+    assert metrics["tokens"] == 6 * 4 * 32
+    assert math.isclose(metrics["final_val_ppl"], math.exp(metrics["final_val_loss"]), rel_tol=1e-9)
+    assert 1 < metrics["final_val_ppl"] < 320  # better than uniform over the padded byte vocabulary
+    assert metrics["final_val_tokens"] == 16 * 32
+    assert metrics["params"]["dwa"] == 2 * 5 // 2 and metrics["hparams"]["dilation"] == 1
+    assert metrics["data"]["source"]["python_version"] and metrics["machine"]["torch"]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    scalars, hparams = tensorboard_tags(run_dir)
+    assert {"train/loss", "train/tokens_per_s", "val/loss", "val/ppl", "final_val/loss", "final_val/ppl",
+            "lr-AdamW/decay", "lr-AdamW/dwa", "hparams/final_val_ppl"} <= scalars
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams
+    assert "[denselab] final validation: loss" in proc.stdout and "tensorboard --logdir" in proc.stdout
+    assert "parameters (5 depth-mixing" in proc.stdout
+
+
+def test_completed_run_is_skipped_when_the_command_is_repeated(tmp_path, data_dir):
+    run_cli(TINY, tmp_path, data_dir)
+    stamp = (only_run_dir(tmp_path) / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    proc = run_cli(TINY, tmp_path, data_dir)
+    assert "already completed" in proc.stdout
+    assert (only_run_dir(tmp_path) / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
+
+
+def test_sweep_over_dilation_writes_one_csv_row_per_run(tmp_path, data_dir):
+    proc = run_cli(["-m", "model=denseformer", "dilation=1,2", *TINY], tmp_path, data_dir)
+    sweep = tmp_path / "sweeps"
+    (sweep_dir,) = [p for p in sweep.iterdir() if p.is_dir()]
+    assert sweep_dir.name.startswith("batch_size=4") and "dilation=1,2" in sweep_dir.name
+    results = pd.read_csv(sweep_dir / "results.csv")
+    assert len(results) == 2 and set(results["status"]) == {"completed"}
+    assert sorted(results["hp.dilation"]) == [1, 2]
+    assert sorted(results["params_dwa"]) == [3, 5]  # 2 blocks: 1x1 → 2+3 α, 2x1 → 1+2 α
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert len(summary) == 2 and list(summary["n"]) == [1, 1]
+    assert "grouped over seeds" in proc.stdout
+
+
+def test_seeds_are_grouped_with_mean_and_standard_error(tmp_path, data_dir):
+    run_cli(["-m", "seed=0,1", *TINY], tmp_path, data_dir)
+    (sweep_dir,) = [p for p in (tmp_path / "sweeps").iterdir() if p.is_dir()]
+    results = pd.read_csv(sweep_dir / "results.csv")
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert len(results) == 2 and len(summary) == 1 and summary.loc[0, "n"] == 2
+    ppl = results["final_val_ppl"]
+    assert summary.loc[0, "final_val_ppl_mean"] == pytest.approx(ppl.mean())
+    assert summary.loc[0, "final_val_ppl_stderr"] == pytest.approx(ppl.std(ddof=1) / math.sqrt(2))
+    assert ppl.iloc[0] != ppl.iloc[1]  # different seeds: different models and data order
+
+
+def test_failed_job_is_recorded_the_sweep_finishes_and_exits_nonzero(tmp_path, data_dir):
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(40)))
+    proc = run_cli(["-m", "data=text", f"data.paths=[{corpus}]", "data.text_field=text,body", *TINY],
+                   tmp_path / "logs", data_dir, check=False)
+    assert proc.returncode == 1
+    (sweep_dir,) = [p for p in (tmp_path / "logs" / "sweeps").iterdir() if p.is_dir()]
+    results = pd.read_csv(sweep_dir / "results.csv").set_index("hp.model")
+    statuses = sorted(pd.read_csv(sweep_dir / "results.csv")["status"])
+    assert statuses == ["completed", "failed"]
+    failed = pd.read_csv(sweep_dir / "results.csv").query("status == 'failed'").iloc[0]
+    assert "data.text_field='body'" in failed["error"]
+    assert "NOT COMPLETED (failed)" in proc.stdout
+    del results
+
+
+def test_crashed_run_resumes_from_last_checkpoint_and_ends_where_an_uninterrupted_one_does(tmp_path, data_dir):
+    args = [*[a for a in TINY if not a.startswith(("steps=", "trainer.val_check_interval="))],
+            "steps=1500", "trainer.val_check_interval=100"]
+    reference = run_cli(args, tmp_path / "reference", data_dir)
+    assert reference.returncode == 0
+
+    log_dir = tmp_path / "crashed"
+    cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}"]
+    job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.time() + 120
+    while not list(log_dir.rglob("last.ckpt")) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
+    job.wait()
+    run_dir = only_run_dir(log_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+
+    resumed = run_cli(args, log_dir, data_dir)
+    assert "resuming from" in resumed.stdout and "last.ckpt" in resumed.stdout
+    done = json.loads((run_dir / "metrics.json").read_text())
+    expected = json.loads((only_run_dir(tmp_path / "reference") / "metrics.json").read_text())
+    assert done["status"] == "completed" and done["steps"] == 1500
+    assert done["tokens"] == expected["tokens"]
+    assert done["final_val_loss"] == pytest.approx(expected["final_val_loss"], rel=1e-5)
