@@ -1,0 +1,184 @@
+"""LightningDataModule over a prepared token directory.
+
+Training reads random windows whose positions are a pure function of (seed, micro-batch index):
+every architecture trained with the same seed and batch shape sees the same batches in the same
+order, and a resumed run continues exactly where the interrupted one stopped. Validation reads
+fixed, non-overlapping windows: window w predicts tokens w·T+1 … w·T+T of the split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from denselab.config import ConfigError
+from denselab.data.corpus import PythonStdlib, TextFiles
+from denselab.data.prepare import prepare_tokens, prepared_dir
+
+log = logging.getLogger(__name__)
+
+
+def _open_tokens(path: Path) -> np.memmap:
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+class TrainWindows(IterableDataset):
+    """Endless micro-batches of `batch_size` random windows of `seq_len + 1` tokens.
+
+    Micro-batch n starts its windows at `default_rng([seed, n]).integers(0, N - seq_len, batch_size)`.
+    """
+
+    def __init__(self, path: Path, seq_len: int, batch_size: int, seed: int, start: int = 0):
+        self.path, self.seq_len, self.batch_size, self.seed, self.start = path, seq_len, batch_size, seed, start
+        self._tokens: np.memmap | None = None
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._tokens is None:  # opened lazily: a memmap does not travel to worker processes
+            self._tokens = _open_tokens(self.path)
+        tokens = self._tokens
+        starts = np.random.default_rng([self.seed, n]).integers(0, len(tokens) - self.seq_len, self.batch_size)
+        windows = tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int64)  # (B, T + 1)
+        windows = torch.from_numpy(windows)
+        return windows[:, :-1], windows[:, 1:]  # inputs, next-token targets
+
+    def __iter__(self):
+        n = self.start
+        while True:
+            yield self.batch(n)
+            n += 1
+
+
+class ValWindows(Dataset):
+    """Non-overlapping windows of a split: item w is (tokens[wT : wT+T], tokens[wT+1 : wT+T+1])."""
+
+    def __init__(self, path: Path, seq_len: int, window_ids: np.ndarray):
+        self.path, self.seq_len, self.window_ids = path, seq_len, window_ids
+        self._tokens: np.memmap | None = None
+
+    @staticmethod
+    def count(n_tokens: int, seq_len: int) -> int:
+        return (n_tokens - 1) // seq_len
+
+    def __len__(self) -> int:
+        return len(self.window_ids)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._tokens is None:
+            self._tokens = _open_tokens(self.path)
+        start = int(self.window_ids[item]) * self.seq_len
+        window = torch.from_numpy(self._tokens[start : start + self.seq_len + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Tokenizes `source` once (see `prepare.py`) and serves training and validation windows.
+
+    Args:
+        source: a corpus object (`corpus.PythonStdlib`, `corpus.TextFiles`).
+        tokenizer: 'byte' or 'gpt2'.
+        seq_len, batch_size: window length T and windows per micro-batch.
+        seed: the data-order seed (the run's seed).
+        cache_dir: where prepared directories live.
+        num_proc: tokenization worker processes (`datasets.map`).
+        val_windows: windows per periodic validation, evenly spaced over the split (None: all).
+        final_val_windows: windows of the final evaluation (None: the whole split).
+        eval_batch_size: windows per validation batch (default: batch_size).
+    """
+
+    def __init__(
+        self,
+        source,
+        tokenizer: str,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        cache_dir: str,
+        num_proc: int = 1,
+        val_windows: int | None = 64,
+        final_val_windows: int | None = None,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        self.source, self.tokenizer = source, tokenizer
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.cache_dir, self.num_proc = cache_dir, num_proc
+        self.val_windows, self.final_val_windows = val_windows, final_val_windows
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.meta: dict | None = None
+        self._prepared = False
+
+    @property
+    def directory(self) -> Path:
+        return prepared_dir(self.source, self.tokenizer, self.cache_dir)
+
+    def prepare_data(self) -> None:
+        if not self._prepared:  # train.py prepares before building the model; Lightning asks again
+            prepare_tokens(self.source, self.tokenizer, self.cache_dir, self.num_proc)
+            self._prepared = True
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.meta is not None:
+            return
+        self.meta = json.loads((self.directory / "meta.json").read_text())
+        for split in ("train", "val"):
+            n = self.meta["tokens"][split]
+            if self.seq_len + 1 > n:
+                raise ConfigError(
+                    f"seq_len={self.seq_len}: longer than the data allows; the {split} split has {n:,} tokens "
+                    f"(allowed: seq_len <= {n - 1:,})"
+                )
+
+    @property
+    def vocab_size(self) -> int:
+        assert self.meta is not None, "call prepare_data() and setup() first"
+        return self.meta["vocab_size"]
+
+    def _micro_batches_done(self) -> int:
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        start = self._micro_batches_done()  # the checkpoint is restored before this is called
+        if start:
+            log.info("Resuming the data stream at micro-batch %d", start)
+        windows = TrainWindows(self.directory / "train.bin", self.seq_len, self.batch_size, self.seed, start)
+        return DataLoader(windows, batch_size=None)
+
+    def _val_loader(self, limit: int | None) -> DataLoader:
+        total = ValWindows.count(self.meta["tokens"]["val"], self.seq_len)
+        if limit is None or limit >= total:
+            ids = np.arange(total)
+        else:  # a fixed, evenly spaced subset: the same windows at every validation
+            ids = np.linspace(0, total - 1, num=limit).round().astype(np.int64)
+        return DataLoader(ValWindows(self.directory / "val.bin", self.seq_len, ids), batch_size=self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._val_loader(self.val_windows)
+
+    def final_val_dataloader(self) -> DataLoader:
+        return self._val_loader(self.final_val_windows)
+
+
+def stdlib_data(val_percent: int = 5, **settings: Any) -> TokenDataModule:
+    """`data=stdlib`: the embedded Python-standard-library corpus (see `corpus.PythonStdlib`)."""
+    return TokenDataModule(PythonStdlib(val_percent=val_percent), **settings)
+
+
+def text_data(
+    paths: list[str],
+    val_paths: list[str] | None = None,
+    val_fraction: float = 0.05,
+    text_field: str = "text",
+    **settings: Any,
+) -> TokenDataModule:
+    """`data=text data.paths=[...]`: your own .txt/.jsonl/.parquet files (see `corpus.TextFiles`)."""
+    source = TextFiles(list(paths), list(val_paths or []), val_fraction, text_field,
+                       cache_dir=str(Path(settings["cache_dir"]) / "hf_datasets"))
+    return TokenDataModule(source, **settings)
