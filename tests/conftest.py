@@ -30,7 +30,12 @@ def run_cli(args: list[str], log_dir: Path, data_dir: Path, timeout: float = 300
     """`python run.py <args>` as a user runs it, with outputs under log_dir."""
     cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+    except subprocess.TimeoutExpired as e:  # show what the job printed before it hung
+        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout} s\n--- stdout\n{out[-4000:]}"
+                             f"\n--- stderr\n{err[-4000:]}") from None
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-4000:]}")

@@ -131,3 +131,29 @@ def test_crashed_run_resumes_from_last_checkpoint_and_ends_where_an_uninterrupte
     assert done["status"] == "completed" and done["steps"] == 1500
     assert done["tokens"] == expected["tokens"]
     assert done["final_val_loss"] == pytest.approx(expected["final_val_loss"], rel=1e-5)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, data_dir):
+    args = [*[a for a in TINY if not a.startswith(("steps=", "trainer.val_check_interval="))],
+            "steps=1500", "trainer.val_check_interval=1000"]
+    cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}"]
+    job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.time() + 120
+    while not list(tmp_path.rglob("events.out.tfevents.*")) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.5)  # well inside training, before the first periodic checkpoint at step 1000
+    job.send_signal(signal.SIGINT)
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode != 0
+    run_dir = only_run_dir(tmp_path)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and 0 < record["steps"] < 1500
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    assert f"interrupted at step {record['steps']}" in output
+
+    resumed = run_cli(args, tmp_path, data_dir)
+    assert "interrupted.ckpt" in resumed.stdout.split("resuming from")[1].splitlines()[0]
+    done = json.loads((run_dir / "metrics.json").read_text())
+    assert done["status"] == "completed" and done["steps"] == 1500
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()  # Lightning removes it after a clean end

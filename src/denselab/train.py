@@ -178,7 +178,13 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
         print(f"[denselab] resuming from {ckpt_path}")
 
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning turns Ctrl-C into exit(1), after OnExceptionCheckpoint saved interrupted.ckpt
+        record.update(status="interrupted", steps=trainer.global_step, finished_at=datetime.now(timezone.utc).isoformat())
+        atomic_write_json(out / "metrics.json", record)
+        print(f"[denselab] interrupted at step {trainer.global_step}: run the same command again to resume")
+        raise
     trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)  # the final state, whatever the save interval
 
     # The reported number: one pass over the validation split in non-overlapping windows.
