@@ -31,7 +31,7 @@ def test_default_config_is_valid():
 
 
 @pytest.mark.parametrize("overrides,expected", [
-    (["dilation=0"], "dilation=0: allowed integers >= 1 (model.net.dwa.dilation)"),
+    (["dilation=0"], "dilation=0: allowed integers >= 1 (model.net.mixer.dilation)"),
     (["dwa_period=0"], "dwa_period=0: allowed integers 1..depth (12)"),
     (["dwa_period=13"], "dwa_period=13: allowed integers 1..depth (12)"),
     (["width=100", "heads=3"], "width=100: allowed multiples of heads=3"),
@@ -45,6 +45,11 @@ def test_default_config_is_valid():
     (["trainer.precision=8-bit"], "trainer.precision='8-bit': allowed one of 32-true"),
     (["model.net.max_seq_len=64", "seq_len=128"], "seq_len=128: allowed <= model.net.max_seq_len=64 (data.seq_len)"),
     (["data=text"], "data.paths is not set"),
+    (["model=hyper_connections", "model.net.mixer.streams=0"], "model.net.mixer.streams=0: allowed integers >= 1"),
+    (["model=denseformer", "model.net.mixer.semantics=both"], "model.net.mixer.semantics='both': allowed one of paper, official"),
+    (["model=attn_res", "model.net.mixer.block_size=0"], "model.net.mixer.block_size=0: allowed null (full AttnRes)"),
+    (["dwa_start_step=-1"], "dwa_start_step=-1: allowed integers >= 0"),
+    (["model=transformer", "dwa_start_step=100"], "dwa_start_step=100: allowed 0 for model=transformer, which has no depth-mixing"),
 ])
 def test_invalid_setting_is_refused_with_key_value_and_allowed(overrides, expected):
     assert refusal(*overrides).startswith(expected)
@@ -76,14 +81,16 @@ def test_cli_refuses_bad_value_in_one_line_and_creates_no_run(tmp_path, data_dir
     proc = run_cli(["dilation=0"], tmp_path, data_dir, check=False)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: dilation=0: allowed integers >= 1 (model.net.dwa.dilation)"]
+    assert errors == ["error: dilation=0: allowed integers >= 1 (model.net.mixer.dilation)"]
     assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_cli_refuses_unknown_model_listing_the_known_ones(tmp_path, data_dir):
     proc = run_cli(["model=densformer"], tmp_path, data_dir, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: model=densformer: unknown model; allowed: denseformer, transformer"
+    from denselab.models.catalog import node_names
+
+    assert proc.stderr.strip() == f"error: model=densformer: unknown model; allowed: {', '.join(sorted(node_names()))}"
 
 
 def test_cli_refuses_a_sweep_with_an_invalid_job_before_starting_any(tmp_path, data_dir):

@@ -26,9 +26,9 @@ def reference_forward(model: GPT, idx: torch.Tensor, alphas: dict[int, torch.Ten
 @pytest.mark.parametrize("depth,k,p", [(48, 1, 1), (48, 4, 5), (12, 4, 4), (12, 12, 1), (12, 2, 3), (7, 3, 2)])
 def test_dwa_matches_naive_formula_values_and_gradients(depth, k, p):
     torch.manual_seed(0)
-    model = GPT(vocab_size=64, depth=depth, width=16, n_heads=2, max_seq_len=8, dwa=DWA(depth, k, p)).double()
+    model = GPT(vocab_size=64, depth=depth, width=16, n_heads=2, max_seq_len=8, mixer=DWA(depth, k, p)).double()
     with torch.no_grad():  # move α away from the identity so every term matters
-        for a in model.dwa.alphas:
+        for a in model.mixer.alphas:
             a.add_(0.3 * torch.randn_like(a))
     idx = torch.randint(0, 64, (2, 8))
 
@@ -37,14 +37,14 @@ def test_dwa_matches_naive_formula_values_and_gradients(depth, k, p):
     grads = {n: p_.grad.clone() for n, p_ in model.named_parameters()}
     model.zero_grad()
 
-    alphas = {i: model.dwa.alpha(i) for i in model.dwa.dwa_depths}
+    alphas = {i: model.mixer.alpha(i) for i in model.mixer.dwa_depths}
     ref = reference_forward(model, idx, alphas, k, p)
     ref.square().mean().backward()
 
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     for name, param in model.named_parameters():
         torch.testing.assert_close(grads[name], param.grad, rtol=1e-9, atol=1e-12, msg=name)
-    assert all(model.dwa.alphas[n].grad.abs().sum() > 0 for n in range(len(model.dwa.alphas)))
+    assert all(model.mixer.alphas[n].grad.abs().sum() > 0 for n in range(len(model.mixer.alphas)))
 
 
 def test_dwa_gradient_reaches_the_embedding_directly():
@@ -54,7 +54,7 @@ def test_dwa_gradient_reaches_the_embedding_directly():
     dwa = DWA(depth=4)
     with torch.no_grad():
         dwa.alpha(4).copy_(torch.tensor([0.5, 0.0, 0.0, 0.0, 1.0]))
-    dwa(x, 4).sum().backward()
+    dwa.average(x, 4).sum().backward()
     torch.testing.assert_close(x[0].grad, torch.full_like(x[0], 0.5))
     torch.testing.assert_close(x[4].grad, torch.ones_like(x[4]))
     assert x[1].grad.abs().sum() == 0

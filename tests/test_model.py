@@ -16,7 +16,7 @@ PAPER_TABLES = Path(__file__).resolve().parents[1] / "experiments" / "paper_tabl
 
 def meta_model(depth: int, dwa: DWA | None = None, width: int = 768, heads: int = 12) -> GPT:
     with torch.device("meta"):
-        return GPT(vocab_size=50304, depth=depth, width=width, n_heads=heads, max_seq_len=256, dwa=dwa)
+        return GPT(vocab_size=50304, depth=depth, width=width, n_heads=heads, max_seq_len=256, mixer=dwa)
 
 
 def test_paper_transformer_48_blocks_has_378_446_592_parameters():
@@ -48,20 +48,20 @@ def test_gpt2_vocabulary_is_padded_to_50304():
 def test_untrained_denseformer_computes_exactly_the_transformer(k, p):
     torch.manual_seed(0)
     transformer = GPT(320, depth=12, width=64, n_heads=2, max_seq_len=32)
-    denseformer = GPT(320, depth=12, width=64, n_heads=2, max_seq_len=32, dwa=DWA(12, k, p))
+    denseformer = GPT(320, depth=12, width=64, n_heads=2, max_seq_len=32, mixer=DWA(12, k, p))
     missing, unexpected = denseformer.load_state_dict(transformer.state_dict(), strict=False)
-    assert unexpected == [] and all(m.startswith("dwa.") for m in missing)
+    assert unexpected == [] and all(m.startswith("mixer.") for m in missing)
     idx = torch.randint(0, 320, (3, 32))
     assert torch.equal(transformer(idx), denseformer(idx))
 
 
 def test_trained_alphas_change_the_output():
     torch.manual_seed(0)
-    model = GPT(320, depth=4, width=32, n_heads=1, max_seq_len=16, dwa=DWA(4))
+    model = GPT(320, depth=4, width=32, n_heads=1, max_seq_len=16, mixer=DWA(4))
     idx = torch.randint(0, 320, (2, 16))
     before = model(idx)
     with torch.no_grad():
-        model.dwa.alpha(4)[0] = 0.5
+        model.mixer.alpha(4)[0] = 0.5
     assert not torch.allclose(before, model(idx))
 
 
@@ -82,7 +82,7 @@ def test_residual_projections_use_scaled_init():
 
 def test_model_is_causal():
     torch.manual_seed(0)
-    model = GPT(320, depth=3, width=32, n_heads=2, max_seq_len=16, dwa=DWA(3))
+    model = GPT(320, depth=3, width=32, n_heads=2, max_seq_len=16, mixer=DWA(3))
     idx = torch.randint(0, 320, (1, 16))
     changed = idx.clone()
     changed[0, 10] = (idx[0, 10] + 1) % 320
@@ -92,16 +92,16 @@ def test_model_is_causal():
 
 
 def test_no_biases_anywhere():
-    model = GPT(320, depth=2, width=32, n_heads=1, max_seq_len=16, dwa=DWA(2))
+    model = GPT(320, depth=2, width=32, n_heads=1, max_seq_len=16, mixer=DWA(2))
     assert not any("bias" in name for name, _ in model.named_parameters())
 
 
 def test_parameter_groups_cover_every_parameter_once():
-    model = GPT(320, depth=3, width=32, n_heads=1, max_seq_len=16, dwa=DWA(3, 1, 1))
+    model = GPT(320, depth=3, width=32, n_heads=1, max_seq_len=16, mixer=DWA(3, 1, 1))
     groups = model.parameter_groups()
     names = [n for g in groups.values() for n, _ in g]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
-    assert {n for n, _ in groups["dwa"]} == {f"dwa.alphas.{i}" for i in range(3)}
+    assert {n for n, _ in groups["dwa"]} == {f"mixer.alphas.{i}" for i in range(3)}
     assert "wte.weight" in {n for n, _ in groups["no_decay"]}
     assert all(p.dim() == 2 for _, p in groups["decay"])
     assert all("ln_" in n for n, _ in groups["no_decay"] if n != "wte.weight")

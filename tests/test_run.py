@@ -157,3 +157,18 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, data_d
     done = json.loads((run_dir / "metrics.json").read_text())
     assert done["status"] == "completed" and done["steps"] == 1500
     assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()  # Lightning removes it after a clean end
+
+
+def test_one_sweep_trains_every_architecture_node_with_a_csv_row_each(tmp_path, data_dir):
+    from denselab.models.catalog import node_names
+
+    nodes = node_names()
+    run_cli(["-m", "model=" + ",".join(nodes), *TINY], tmp_path, data_dir, timeout=900)
+    (sweep_dir,) = [p for p in (tmp_path / "sweeps").iterdir() if p.is_dir()]
+    results = pd.read_csv(sweep_dir / "results.csv")
+    assert sorted(results["hp.model"]) == sorted(nodes)
+    assert set(results["status"]) == {"completed"}
+    assert (results["final_val_ppl"] < 320).all()
+    assert results.loc[results["hp.model"] == "transformer", "params_dwa"].item() == 0
+    dilation = results.set_index("hp.model")["hp.dilation"]
+    assert dilation["denseformer"] == 1 and dilation.drop("denseformer").isna().all()  # only DWA uses it

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class TrainTimer(L.Callback):
@@ -41,3 +42,55 @@ class TrainTimer(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_time_s = state_dict["train_time_s"]
+
+
+class MixingParameterLogger(L.Callback):
+    """Logs the depth-mixing parameters to TensorBoard at every (periodic) validation: small tensors
+    (gains, λ) as scalars, larger ones as histograms, and for DWA-style mixers the whole α matrix as
+    a heatmap image on a symlog colour scale (as the paper's Fig. 4)."""
+
+    SCALAR_LIMIT = 4
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or getattr(pl_module, "eval_prefix", "val") != "val":
+            return
+        experiments = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not experiments:
+            return
+        step = trainer.global_step
+        net = pl_module.net
+        figure = alpha_heatmap(net.mixer.alpha_matrix(), f"step {step}") if hasattr(net.mixer, "alpha_matrix") else None
+        for tb in experiments:
+            for name, p in net.parameter_groups()["dwa"]:
+                tag = "mixing/" + name.removeprefix("mixer.")
+                values = p.detach().float().flatten().cpu()
+                if values.numel() <= self.SCALAR_LIMIT:
+                    for k, v in enumerate(values.tolist()):
+                        tb.add_scalar(f"{tag}/{k}", v, step)
+                else:
+                    tb.add_histogram(tag, values, step)
+            if figure is not None:
+                tb.add_figure("mixing/alpha", figure, step, close=False)
+        if figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+
+def alpha_heatmap(alpha: torch.Tensor, title: str = ""):
+    """α as rows (DWA index) × columns (X_j) on a symlog colour scale, like the paper's Fig. 4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import SymLogNorm
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    limit = max(1.0, float(alpha.abs().max()))
+    im = ax.imshow(alpha.numpy(), cmap="RdBu_r", norm=SymLogNorm(linthresh=0.05, vmin=-limit, vmax=limit))
+    ax.set_xlabel("$X_j$")
+    ax.set_ylabel("DWA index")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="α (symlog)")
+    fig.tight_layout()
+    return fig

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # Top-level keys of conf/config.yaml that the groups interpolate (`${depth}` …): the short names a
 # researcher sweeps on the command line.
-SHORTHANDS = ("depth", "width", "heads", "dilation", "dwa_period", "seq_len", "seed", "steps", "batch_size", "lr")
+SHORTHANDS = ("depth", "width", "heads", "dilation", "dwa_period", "seq_len", "seed", "steps", "batch_size", "lr",
+              "dwa_start_step")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 
 
@@ -160,12 +161,21 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
             raise _fail(cfg, f"{net}.width", width, f"widths with an even head size (width/heads={width // heads} "
                         "is odd; rotary encoding rotates pairs of dims)")
     _require(cfg, f"{net}.dropout", lambda v: _is_num(v) and 0 <= v < 1, "0 <= dropout < 1")
-    if OmegaConf.select(cfg, f"{net}.dwa") is not None:
-        _require(cfg, f"{net}.dwa.dilation", lambda v: _is_int(v) and v >= 1, "integers >= 1")
-        _require(cfg, f"{net}.dwa.period", lambda v: _is_int(v) and 1 <= v <= (depth or v),
+    mixer = f"{net}.mixer"
+    if OmegaConf.select(cfg, mixer) is not None:
+        _require(cfg, f"{mixer}.dilation", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+        _require(cfg, f"{mixer}.period", lambda v: _is_int(v) and 1 <= v <= (depth or v),
                  f"integers 1..depth ({depth}); a larger period places no DWA at all")
-        if OmegaConf.select(cfg, f"{net}.dwa.depth") != depth:
-            raise _fail(cfg, f"{net}.dwa.depth", OmegaConf.select(cfg, f"{net}.dwa.depth"), f"the model depth ({depth})")
+        _require(cfg, f"{mixer}.semantics", lambda v: v in ("paper", "official"), "one of paper, official")
+        _require(cfg, f"{mixer}.k", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+        _require(cfg, f"{mixer}.streams", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+        _require(cfg, f"{mixer}.block_size", lambda v: v is None or (_is_int(v) and v >= 1),
+                 "null (full AttnRes) or integers >= 1")
+        _require(cfg, f"{mixer}.weight_init", lambda v: v in ("last", "zero"), "one of last, zero")
+        for key in ("depth", "width"):
+            if _exists(cfg, f"{mixer}.{key}") and OmegaConf.select(cfg, f"{mixer}.{key}") != OmegaConf.select(cfg, f"{net}.{key}"):
+                raise _fail(cfg, f"{mixer}.{key}", OmegaConf.select(cfg, f"{mixer}.{key}"),
+                            f"the model's {key} ({OmegaConf.select(cfg, f'{net}.{key}')})")
     _require(cfg, "model.vocab_multiple", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     _require(cfg, f"{net}.max_seq_len", lambda v: _is_int(v) and v >= 1, "integers >= 1")
 
@@ -198,6 +208,7 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     _require(cfg, "optim.weight_decay", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
     _require(cfg, "optim.dwa_weight_decay", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
     _require(cfg, "optim.dwa_lr_scale", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
+    start = _require(cfg, "optim.dwa_start_step", lambda v: _is_int(v) and v >= 0, "integers >= 0")
     _require(cfg, "optim.warmup_fraction", lambda v: _is_num(v) and 0 <= v < 1, "0 <= warmup_fraction < 1")
     _require(cfg, "optim.warmup_steps", lambda v: v is None or (_is_int(v) and v >= 0), "null or integers >= 0")
     _require(cfg, "optim.min_lr_ratio", lambda v: _is_num(v) and 0 <= v <= 1, "0 <= min_lr_ratio <= 1")
@@ -211,6 +222,26 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     if warmup is not None and steps is not None and warmup >= steps:
         raise _fail(cfg, "optim.warmup_steps", warmup, f"fewer than steps={steps}")
     _require(cfg, "ckpt_path", lambda v: v is None or isinstance(v, str), "null (fresh start), 'last' or a .ckpt path")
+
+    # Last, the model itself, built on the meta device (no memory, no compute): constructor checks
+    # and whether it has depth-mixing parameters at all.
+    mixing = _meta_mixing_parameters(cfg, model_name)
+    if start and not mixing:
+        raise _fail(cfg, "optim.dwa_start_step", start, f"0 for model={model_name}, which has no depth-mixing parameters")
+
+
+def _meta_mixing_parameters(cfg: DictConfig, model_name: str) -> int:
+    """Number of depth-mixing parameters of the configured model, built on the meta device."""
+    from hydra.errors import InstantiationException
+
+    from denselab.models import build_model, count_parameters
+
+    try:
+        model = build_model(cfg.model, vocab_size=cfg.model.vocab_multiple, device="meta")
+    except (InstantiationException, ValueError) as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"model={model_name}: {cause}".splitlines()[0]) from None
+    return count_parameters(model)["dwa"]
 
 
 def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:

@@ -32,6 +32,7 @@ class LanguageModel(L.LightningModule):
         self.eval_prefix = "val"  # "final_val" for the full pass at the end
         self.last_eval: dict[str, float] = {}
         self.best_val_loss = math.inf  # kept in checkpoints, so a resumed run reports the whole run
+        self.mixing_params = [p for _, p in net.parameter_groups()["dwa"]]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.net(idx)
@@ -47,6 +48,13 @@ class LanguageModel(L.LightningModule):
         loss = self.cross_entropy(self.net(x), y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Delayed DWA training (paper App. B.4, Table 5): before step `dwa_start_step` the mixing
+        parameters get no gradient, so AdamW leaves them (and their moments) untouched."""
+        if self.global_step < self.optim_cfg.get("dwa_start_step", 0):
+            for p in self.mixing_params:
+                p.grad = None
 
     # -- validation -------------------------------------------------------------------------------
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

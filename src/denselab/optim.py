@@ -3,7 +3,8 @@
 Groups (names as logged by LearningRateMonitor):
     decay     the matrices of the linears                       weight decay `weight_decay`
     no_decay  LayerNorm gains, biases, the tied embedding       no weight decay
-    dwa       the depth-mixing weights α                        `dwa_weight_decay`, lr × `dwa_lr_scale`
+    dwa       every depth-mixing parameter (the mixer's: DWA α,  `dwa_weight_decay`, lr × `dwa_lr_scale`
+              gains, λ, hyper-connection and MUDD weights, ...)
 
 The official experiments code (epfml/DenseFormer) stores each DWA's α as an `nn.Linear` weight,
 so its optimiser puts α in the *decayed* group with the common learning rate (wd 0.1, lr × 1).

@@ -1,4 +1,7 @@
-"""Architecture nodes. `conf/model/<name>.yaml` picks one; `build_model` instantiates it."""
+"""Architecture nodes. `conf/model/<name>.yaml` picks one; `build_model` instantiates it.
+
+Every node is a *mixer*: the module that wires the shared blocks over depth (`GPT.mixer`).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,23 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from denselab.models.attn_res import AttnRes
+from denselab.models.connect_to_last import ConnectToLast
 from denselab.models.dwa import DWA, num_dwa_parameters
-from denselab.models.gpt import GPT
+from denselab.models.elc_bert import ELCBert
+from denselab.models.gpt import GPT, Residual
+from denselab.models.hyper_connections import HyperConnections
+from denselab.models.last_k import LastK
+from denselab.models.mudd import MUDD
+from denselab.models.skips_with_gains import SkipsWithGains
+from denselab.models.value_residual import ValueResidual
+from denselab.models.x0_shortcut import X0Shortcut
 
-__all__ = ["DWA", "GPT", "build_model", "count_parameters", "num_dwa_parameters", "padded_vocab_size"]
+__all__ = [
+    "GPT", "Residual", "DWA", "LastK", "ConnectToLast", "SkipsWithGains", "ELCBert", "ValueResidual",
+    "HyperConnections", "MUDD", "AttnRes", "X0Shortcut",
+    "build_model", "count_parameters", "num_dwa_parameters", "padded_vocab_size",
+]
 
 
 def padded_vocab_size(vocab_size: int, multiple: int) -> int:
@@ -25,11 +41,10 @@ def build_model(model_cfg: DictConfig, vocab_size: int, device: str | torch.devi
         return instantiate(model_cfg.net, vocab_size=vocab_size)
 
 
-def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """Unique parameters (tied weights once): total, the DWA/mixing share, and the embedding share."""
+def count_parameters(model: GPT) -> dict[str, int]:
+    """Unique parameters (tied weights once): total, the depth-mixing share ('dwa'), the embedding."""
     groups = model.parameter_groups()
     total = sum(p.numel() for ps in groups.values() for _, p in ps)
     dwa = sum(p.numel() for _, p in groups["dwa"])
     embedding = model.wte.weight.numel()
     return {"total": total, "dwa": dwa, "embedding": embedding, "non_embedding": total - embedding}
-

@@ -11,15 +11,22 @@ after every p-th block:
     Y_i := Σ_{j ∈ S_i} α_{i,j} · X_j    if p | i,      S_i = {j | 0 ≤ j ≤ i, j ≡ i (mod k)}
     Y_i := X_i                          otherwise.                                 (§3.3)
 
+    DenseFormer(X) := Y_d
+
 α is initialised to the identity (α_{i,i} = 1, all others 0), so an untrained DenseFormer computes
 exactly what the Transformer with the same block weights computes (§3, "Initializing the DWA
 modules"). Each DWA_i owns |S_i| = ⌊i/k⌋ + 1 scalars; at k = p = 1 that is i + 1, and the whole
 model adds Σ_{i=1..d} (i + 1) = d(d+3)/2 parameters (§3.1).
 
+`semantics="official"` reproduces the official experiments code (epfml/DenseFormer,
+experiments/models/denseformer.py), which differs from the formula when p > 1: it runs p blocks in a
+row, keeps only the outputs at DWA points (X_0, X_p, X_2p, ...) and applies the dilation to the
+DWA-step index, i.e.  S_i = {j ≤ i | j ≡ i (mod k·p)}  for p | i. At p = 1 both are the same.
+
 This is the readable reference implementation: one fused multiply-add (`torch.addcmul`) per
-source, no stacking or copying of the stored block outputs. Autograd saves only references to
-tensors that the blocks keep for their own backward anyway, so the extra training memory is the
-DWA outputs themselves.
+source over references to the stored block outputs (no stacking or copying), keeping only the
+outputs some later DWA reads. Autograd saves only tensors the blocks keep for their own backward
+anyway, so the extra training memory is the DWA outputs themselves.
 """
 
 from __future__ import annotations
@@ -27,38 +34,46 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from denselab.models.gpt import Rotary
+
+SEMANTICS = ("paper", "official")
+
 
 class DWA(nn.Module):
-    """The α of every DWA module of a kxp-DenseFormer, and the weighted average they define.
+    """The DenseFormer mixer: the α of every DWA module and the depth recursion they define.
 
     Args:
         depth: number of transformer blocks d.
         dilation: k ≥ 1, DWA_i averages only the X_j with j ≡ i (mod k)  (§3.2).
         period: p ≥ 1, a DWA follows block i only when p | i             (§3.3).
+        semantics: "paper" (the formula above) or "official" (the official code's, see module doc).
     """
 
-    def __init__(self, depth: int, dilation: int = 1, period: int = 1):
+    def __init__(self, depth: int, dilation: int = 1, period: int = 1, semantics: str = "paper"):
         super().__init__()
         if depth < 1 or dilation < 1 or period < 1:
             raise ValueError(f"DWA needs depth, dilation, period >= 1, got {depth}, {dilation}, {period}")
-        self.depth, self.dilation, self.period = depth, dilation, period
-        # Depths i that are followed by a DWA module (p | i), in order; alphas[n] belongs to dwa_depths[n].
-        self.dwa_depths: list[int] = [i for i in range(1, depth + 1) if i % period == 0]
+        if semantics not in SEMANTICS:
+            raise ValueError(f"semantics={semantics!r}: allowed {', '.join(SEMANTICS)}")
+        self.depth, self.dilation, self.period, self.semantics = depth, dilation, period, semantics
+        # Depths i that are followed by a DWA module, in order; alphas[n] belongs to dwa_depths[n].
+        self.dwa_depths: list[int] = self._dwa_depths()
         self._index = {i: n for n, i in enumerate(self.dwa_depths)}
-        # Block outputs X_j that some DWA_i (i ≥ j, i ≡ j mod k) reads; the others need not be kept.
-        self._needed = frozenset(
-            j for j in range(depth + 1) if any(i >= j and (i - j) % dilation == 0 for i in self.dwa_depths)
-        )
-        self.alphas = nn.ParameterList(
-            nn.Parameter(self._identity_row(len(self.sources(i)))) for i in self.dwa_depths
-        )
+        # Block outputs X_j that some DWA reads; the others need not be kept.
+        self._needed = frozenset(j for i in self.dwa_depths for j in self.sources(i))
+        self.alphas = nn.ParameterList(nn.Parameter(torch.zeros(len(self.sources(i)))) for i in self.dwa_depths)
+        self.reset_parameters()
 
-    @staticmethod
-    def _identity_row(n_sources: int) -> torch.Tensor:
-        row = torch.zeros(n_sources)
-        row[-1] = 1.0  # the last source is X_i itself
-        return row
+    # -- the sparsity pattern (subclasses change these two) ---------------------------------------
+    def _dwa_depths(self) -> list[int]:
+        return [i for i in range(1, self.depth + 1) if i % self.period == 0]
 
+    def sources(self, i: int) -> range:
+        """S_i, ascending, so that X_i itself comes last."""
+        step = self.dilation * (self.period if self.semantics == "official" else 1)
+        return range(i % step, i + 1, step)
+
+    # ---------------------------------------------------------------------------------------------
     def reset_parameters(self) -> None:
         """Identity initialisation: α_{i,i} = 1, α_{i,j<i} = 0."""
         with torch.no_grad():
@@ -66,33 +81,31 @@ class DWA(nn.Module):
                 alpha.zero_()
                 alpha[-1] = 1.0
 
-    def sources(self, i: int) -> range:
-        """S_i = {j | 0 ≤ j ≤ i, j ≡ i (mod k)}, ascending (so X_i comes last)."""
-        return range(i % self.dilation, i + 1, self.dilation)
-
     def has_dwa(self, i: int) -> bool:
         return i in self._index
 
     def is_needed(self, j: int) -> bool:
-        """Whether some DWA_i (i ≥ j) reads X_j, i.e. whether X_j must be kept for later."""
+        """Whether some DWA reads X_j, i.e. whether X_j must be kept for later."""
         return j in self._needed
 
     def alpha(self, i: int) -> torch.Tensor:
         """The weights α_{i,j} for j in S_i, shape (|S_i|,)."""
         return self.alphas[self._index[i]]
 
-    def forward(self, outputs: list[torch.Tensor | None], i: int) -> torch.Tensor:
-        """Y_i from the stored block outputs, for a depth i with a DWA (p | i; elsewhere Y_i = X_i).
+    def forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
+        """Y_d for embedded tokens X_0 (B, T, C)."""
+        outputs: list[torch.Tensor | None] = [x0 if 0 in self._needed else None]  # X_0, X_1, ...
+        y = x0  # Y_0
+        for i, block in enumerate(blocks, start=1):
+            x = block(y, rotary)  # X_i = B_i(Y_{i-1})
+            outputs.append(x if i in self._needed else None)
+            y = self.average(outputs, i) if self.has_dwa(i) else x  # Y_i
+        return y
 
-        Args:
-            outputs: outputs[j] = X_j, each (B, T, C), for j = 0..i (entries no DWA reads may be None).
-            i: the block just computed (1 ≤ i ≤ depth, p | i).
-        Returns:
-            Y_i, shape (B, T, C).
-        """
-        alpha = self.alpha(i)  # (|S_i|,)
-        src = self.sources(i)
-        y = alpha[0] * outputs[src[0]]  # (B, T, C)
+    def average(self, outputs: list[torch.Tensor | None], i: int) -> torch.Tensor:
+        """DWA_i: Σ_{j ∈ S_i} α_{i,j} X_j, from outputs[j] = X_j (B, T, C)."""
+        alpha, src = self.alpha(i), self.sources(i)
+        y = alpha[0] * outputs[src[0]]
         for n in range(1, len(src)):
             y = torch.addcmul(y, alpha[n], outputs[src[n]])  # y + α_{i,j} · X_j, one fused kernel
         return y
@@ -110,7 +123,7 @@ class DWA(nn.Module):
 
     def extra_repr(self) -> str:
         n = sum(a.numel() for a in self.alphas)
-        return f"depth={self.depth}, dilation={self.dilation}, period={self.period}, alphas={n}"
+        return f"depth={self.depth}, dilation={self.dilation}, period={self.period}, {self.semantics}, alphas={n}"
 
 
 def num_dwa_parameters(depth: int, dilation: int = 1, period: int = 1) -> int:

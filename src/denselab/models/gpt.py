@@ -1,10 +1,14 @@
 """GPT-2-style decoder shared by every architecture of the suite (paper §3 "Setup & Notations", §4, App. A).
 
     X_0 := Embedding(x)
-    X_i := B_i(Y_{i-1}),   B_i(h) = h' + MLP(LN(h')),  h' = h + Attn(LN(h))     (pre-LayerNorm block)
-    Y_i := X_i                     for the Transformer,
-    Y_i := DWA_i(X_0, ..., X_i)    for the DenseFormer (see `dwa.py`),
-    logits := LN(Y_d) · Eᵀ          (input and output embeddings tied).
+    B_i(h) := h' + MLP(LN(h')),  h' = h + Attn(LN(h))          (pre-LayerNorm block i)
+    hidden := mixer(X_0, B_1..B_d)                              (how the blocks are wired over depth)
+    logits := LN(hidden) · Eᵀ                                    (input and output embeddings tied)
+
+The *mixer* is the architecture node: `Residual` chains the blocks (the Transformer,
+X_i = B_i(X_{i-1})), `DWA` inserts depth-weighted averages (the DenseFormer), and the other
+nodes in this package rewire depth in their own ways. Blocks expose their two residual branches
+(`attn_branch`, `mlp_branch`) so that nodes working at sub-layer granularity can reuse them.
 
 As in the official experiments code (llm-baselines lineage): bias-free linears and LayerNorms,
 rotary position encoding on queries and keys, causal `scaled_dot_product_attention`, GELU MLP with
@@ -14,12 +18,11 @@ rotary position encoding on queries and keys, causal `scaled_dot_product_attenti
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from denselab.models.dwa import DWA
 
 
 class Rotary(nn.Module):
@@ -51,10 +54,26 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(width, width, bias=False)  # residual output projection
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: Rotary,
+        x_k: torch.Tensor | None = None,
+        x_v: torch.Tensor | None = None,
+        value_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Attention over x (B, T, C). Optional hooks used by some architecture nodes:
+        separate key/value inputs `x_k`, `x_v` (MUDD), and `value_fn` applied to the values
+        (B, nh, T, hd) before attending (value residual)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        if x_k is None:
+            q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        else:  # the same projection matrices, applied to three different inputs
+            w_q, w_k, w_v = self.c_attn.weight.split(C, dim=0)
+            q, k, v = F.linear(x, w_q), F.linear(x_k, w_k), F.linear(x_v, w_v)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        if value_fn is not None:
+            v = value_fn(v)
         q, k = rotary(q), rotary(k)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
@@ -84,20 +103,44 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width, bias=False)
         self.mlp = MLP(width, dropout)
 
-    def forward(self, x: torch.Tensor, rotary: Rotary) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rotary)
-        return x + self.mlp(self.ln_2(x))
+    def attn_branch(self, x: torch.Tensor, rotary: Rotary, **hooks) -> torch.Tensor:
+        """Attn(LN(x)), the first residual branch."""
+        return self.attn(self.ln_1(x), rotary, **hooks)
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """MLP(LN(x)), the second residual branch."""
+        return self.mlp(self.ln_2(x))
+
+    def forward(self, x: torch.Tensor, rotary: Rotary, **hooks) -> torch.Tensor:
+        x = x + self.attn_branch(x, rotary, **hooks)
+        return x + self.mlp_branch(x)
+
+
+class Residual(nn.Module):
+    """The Transformer's wiring over depth (paper §3):  X_i := B_i(X_{i-1}),  output X_d.
+    No parameters."""
+
+    def __init__(self, depth: int | None = None):
+        super().__init__()
+        self.depth = depth
+
+    def forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
+        x = x0
+        for block in blocks:
+            x = block(x, rotary)
+        return x
 
 
 class GPT(nn.Module):
-    """The Transformer (``dwa=None``) or the kxp-DenseFormer (``dwa=DWA(depth, k, p)``).
+    """A decoder whose depth wiring is the architecture node `mixer` (default: the Transformer).
 
     Args:
         vocab_size: embedding rows, already padded (GPT-2: 50257 → 50304).
         depth, width, n_heads: d blocks of width C with C / n_heads dims per head.
         max_seq_len: longest sequence the rotary tables cover.
         dropout: on attention probabilities and residual branches, only while training.
-        dwa: the depth-weighted averages placed after the blocks; None for the plain Transformer.
+        mixer: a module `mixer(x0, blocks, rotary) -> hidden` (see the other modules of this package).
+            Every parameter it owns is a depth-mixing parameter (the optimiser's "dwa" group).
     """
 
     def __init__(
@@ -108,57 +151,54 @@ class GPT(nn.Module):
         n_heads: int,
         max_seq_len: int,
         dropout: float = 0.0,
-        dwa: DWA | None = None,
+        mixer: nn.Module | None = None,
     ):
         super().__init__()
         if width % n_heads:
             raise ValueError(f"width={width} is not divisible by n_heads={n_heads}")
-        if dwa is not None and dwa.depth != depth:
-            raise ValueError(f"DWA built for depth {dwa.depth}, model has depth {depth}")
+        mixer = mixer if mixer is not None else Residual(depth)
+        if getattr(mixer, "depth", depth) not in (None, depth):
+            raise ValueError(f"{type(mixer).__name__} built for depth {mixer.depth}, model has depth {depth}")
         self.depth, self.width, self.max_seq_len = depth, width, max_seq_len
         self.wte = nn.Embedding(vocab_size, width)
         self.drop = nn.Dropout(dropout)
         self.rotary = Rotary(width // n_heads, max_seq_len)
         self.blocks = nn.ModuleList(Block(width, n_heads, dropout) for _ in range(depth))
-        self.dwa = dwa
+        self.mixer = mixer
         self.ln_f = nn.LayerNorm(width, bias=False)
         self.lm_head = nn.Linear(width, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied input/output embeddings
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """N(0, 0.02) for linears and the embedding, 0.02/sqrt(2·depth) for residual projections."""
+        """N(0, 0.02) for linears and the embedding, 0.02/sqrt(2·depth) for residual projections,
+        ones for LayerNorm gains; the mixer initialises its own parameters."""
         for name, p in self.named_parameters():
+            if name.startswith("mixer."):
+                continue
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.depth))
             elif p.dim() == 2:  # c_attn, c_fc, wte (= lm_head)
                 nn.init.normal_(p, mean=0.0, std=0.02)
-            elif name.startswith(("blocks.", "ln_f.")):  # LayerNorm gains
+            else:  # LayerNorm gains
                 nn.init.ones_(p)
-        if self.dwa is not None:
-            self.dwa.reset_parameters()
+        if hasattr(self.mixer, "reset_parameters"):
+            self.mixer.reset_parameters()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) → logits (B, T, vocab_size)."""
         if idx.size(1) > self.max_seq_len:
             raise ValueError(f"sequence of length {idx.size(1)} exceeds max_seq_len={self.max_seq_len}")
-        x = self.drop(self.wte(idx))  # X_0, (B, T, C)
-        # References to the block outputs a later DWA reads (no copies); None where none does.
-        outputs = [x if self.dwa.is_needed(0) else None] if self.dwa is not None else None
-        for i, block in enumerate(self.blocks, start=1):
-            x = block(x, self.rotary)  # X_i = B_i(Y_{i-1})
-            if self.dwa is not None:
-                outputs.append(x if self.dwa.is_needed(i) else None)
-                if self.dwa.has_dwa(i):  # p | i
-                    x = self.dwa(outputs, i)  # Y_i (else Y_i = X_i)
-        return self.lm_head(self.ln_f(x))
+        x0 = self.drop(self.wte(idx))  # X_0, (B, T, C)
+        hidden = self.mixer(x0, self.blocks, self.rotary)  # (B, T, C)
+        return self.lm_head(self.ln_f(hidden))
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Parameters by optimiser role: 'decay' (matrices of the linears), 'no_decay' (norms, biases,
-        the tied embedding) and 'dwa' (the depth-mixing weights α)."""
+        """Parameters by optimiser role: 'decay' (matrices of the linears), 'no_decay' (norms, the
+        tied embedding) and 'dwa' (every parameter of the mixer: α, gains, λ, ...)."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {"decay": [], "no_decay": [], "dwa": []}
         for name, p in self.named_parameters():  # the tied lm_head weight is listed once, as wte.weight
-            if name.startswith("dwa."):
+            if name.startswith("mixer."):
                 groups["dwa"].append((name, p))
             elif p.dim() >= 2 and name != "wte.weight":
                 groups["decay"].append((name, p))

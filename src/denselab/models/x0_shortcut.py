@@ -1,0 +1,35 @@
+"""x0-shortcut: the ablation that isolates embedding reuse (beyond the paper).
+
+DenseFormer's learned α give large weights to the embedding X_0 (paper §5, Fig. 4). This node
+keeps only that connection: before every block i,
+
+    x ← λ_{i,0} · x + λ_{i,1} · X_0,      X_i = B_i(x),      λ_i initialised to (1, 0),
+
+so the untrained model is the Transformer (the same per-block "x0 lambdas" appear in the
+modded-nanogpt speedrun). Extra parameters: 2d (96 at depth 48).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from denselab.models.gpt import Rotary
+
+
+class X0Shortcut(nn.Module):
+    def __init__(self, depth: int):
+        super().__init__()
+        self.depth = depth
+        self.lambdas = nn.Parameter(torch.zeros(depth, 2))  # (λ_{i,0}, λ_{i,1}) per block
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.lambdas.copy_(torch.tensor([1.0, 0.0]).expand(self.depth, 2))
+
+    def forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
+        x = x0
+        for i, block in enumerate(blocks):
+            x = block(self.lambdas[i, 0] * x + self.lambdas[i, 1] * x0, rotary)
+        return x
