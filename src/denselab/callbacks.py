@@ -85,9 +85,15 @@ def alpha_heatmap(alpha: torch.Tensor, title: str = ""):
     import matplotlib.pyplot as plt
     from matplotlib.colors import SymLogNorm
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(4.5, 4))
     limit = max(1.0, float(alpha.abs().max()))
-    im = ax.imshow(alpha.numpy(), cmap="RdBu_r", norm=SymLogNorm(linthresh=0.05, vmin=-limit, vmax=limit))
+    upper = torch.triu(torch.ones_like(alpha, dtype=torch.bool), diagonal=1)  # j > i: no such weight
+    values = alpha.masked_fill(upper, float("nan")).numpy()
+    im = ax.imshow(values, cmap="RdBu_r", norm=SymLogNorm(linthresh=0.05, vmin=-limit, vmax=limit))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("$X_j$")
     ax.set_ylabel("DWA index")
     ax.set_title(title)
