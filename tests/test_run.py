@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import REPO, TINY, run_cli
@@ -47,7 +48,11 @@ def test_job_writes_metrics_config_checkpoint_and_tensorboard(tmp_path, data_dir
     assert metrics["final_val_tokens"] == 16 * 32
     assert metrics["params"]["dwa"] == 2 * 5 // 2 and metrics["hparams"]["dilation"] == 1
     assert metrics["data"]["source"]["python_version"] and metrics["machine"]["torch"]
+    assert metrics["inference_bps"] > 0 and metrics["train_bps"] > 0
+    assert metrics["speed_setup"]["inference_batch_size"] == 64 and metrics["speed_setup"]["train_batch_size"] == 4
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["denselab_config"]["model"]["name"] == "denseformer" and checkpoint["global_step"] == 6
     scalars, hparams = tensorboard_tags(run_dir)
     assert {"train/loss", "train/tokens_per_s", "val/loss", "val/ppl", "final_val/loss", "final_val/ppl",
             "lr-AdamW/decay", "lr-AdamW/dwa", "hparams/final_val_ppl"} <= scalars

@@ -18,7 +18,8 @@ import pandas as pd
 
 from denselab.io import atomic_write_text, read_json
 
-METRICS = ("final_val_ppl", "final_val_loss", "best_val_ppl", "tokens_per_s", "train_time_s")
+METRICS = ("final_val_ppl", "final_val_loss", "best_val_ppl", "inference_bps", "train_bps", "tokens_per_s",
+           "train_time_s")
 
 
 def collect(folder: str | Path) -> pd.DataFrame:

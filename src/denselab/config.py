@@ -221,6 +221,10 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     warmup = OmegaConf.select(cfg, "optim.warmup_steps")
     if warmup is not None and steps is not None and warmup >= steps:
         raise _fail(cfg, "optim.warmup_steps", warmup, f"fewer than steps={steps}")
+    _require(cfg, "speed.inference_batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, "speed.train_batch_size", lambda v: v is None or (_is_int(v) and v >= 1), "null or integers >= 1")
+    _require(cfg, "speed.repeats", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, "speed.warmup", lambda v: _is_int(v) and v >= 0, "integers >= 0")
     _require(cfg, "ckpt_path", lambda v: v is None or isinstance(v, str), "null (fresh start), 'last' or a .ckpt path")
 
     # Last, the model itself, built on the meta device (no memory, no compute): constructor checks

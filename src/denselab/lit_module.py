@@ -21,11 +21,13 @@ class LanguageModel(L.LightningModule):
         net: the model built from `conf/model/<name>.yaml`.
         optim: the `optim` config group as a dict (see `conf/optim/adamw.yaml`).
         max_steps: optimiser steps of the whole run (for the schedule).
+        config: the resolved run config; stored in every checkpoint ("denselab_config").
     """
 
-    def __init__(self, net: torch.nn.Module, optim: dict[str, Any], max_steps: int):
+    def __init__(self, net: torch.nn.Module, optim: dict[str, Any], max_steps: int, config: dict | None = None):
         super().__init__()
         self.net = net
+        self.config = config  # the run's resolved config, saved in checkpoints to rebuild the model
         self.optim_cfg = dict(optim)
         self.max_steps = max_steps
         self.val_loss = MeanMetric()  # token-weighted mean of the fp32 cross-entropy
@@ -87,6 +89,7 @@ class LanguageModel(L.LightningModule):
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_loss"] = self.best_val_loss
+        checkpoint["denselab_config"] = self.config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_loss = checkpoint.get("best_val_loss", math.inf)

@@ -29,6 +29,7 @@ from denselab.config import SHORTHANDS, ConfigError, used_shorthands, validate_c
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info, read_json
 from denselab.lit_module import LanguageModel
 from denselab.models import build_model, count_parameters, padded_vocab_size
+from denselab.speed import batches_per_second
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,21 @@ def _safe_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         return {"model": OmegaConf.select(cfg, "model.name", default=None)}
 
 
+def measure_speed(net: torch.nn.Module, cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
+    """Inference and training batches per second (metrics.json keys inference_bps, train_bps)."""
+    s = cfg.speed
+    train_batch = s.train_batch_size or cfg.data.batch_size
+    common = dict(seq_len=cfg.data.seq_len, vocab_size=vocab_size, precision=str(cfg.trainer.precision),
+                  repeats=s.repeats, warmup=s.warmup)
+    return {
+        "inference_bps": batches_per_second(net, s.inference_batch_size, train=False, **common),
+        "train_bps": batches_per_second(net, train_batch, train=True, **common),
+        "speed_setup": {"inference_batch_size": s.inference_batch_size, "train_batch_size": train_batch,
+                        "seq_len": cfg.data.seq_len, "precision": str(cfg.trainer.precision),
+                        "device": str(next(net.parameters()).device), "repeats": s.repeats, "warmup": s.warmup},
+    }
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     """The newest of last.ckpt (periodic) and interrupted.ckpt (written by OnExceptionCheckpoint when a
     run is stopped by Ctrl-C or an error), or None."""
@@ -160,7 +176,8 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
     }
     atomic_write_json(out / "metrics.json", record)
 
-    module = LanguageModel(net, OmegaConf.to_container(cfg.optim, resolve=True), max_steps=cfg.trainer.max_steps)
+    module = LanguageModel(net, OmegaConf.to_container(cfg.optim, resolve=True), max_steps=cfg.trainer.max_steps,
+                           config=resolved)
     logger = instantiate(cfg.logger)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):
@@ -192,6 +209,9 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
     trainer.validate(module, dataloaders=datamodule.final_val_dataloader(), verbose=False)
     final = module.last_eval
     n_final_windows = len(datamodule.final_val_dataloader().dataset)
+
+    if cfg.speed.enabled:  # the paper's speed measures, on the accelerator the run trained on
+        record.update(measure_speed(net.to(trainer.strategy.root_device), cfg, vocab_size))
 
     best = module.best_val_loss
     tokens = trainer.global_step * cfg.batch_size * cfg.data.seq_len  # every step reads the same shape
