@@ -11,6 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One intra-op thread for the toy models of the tests (also in the run.py subprocesses, which inherit
+# the environment): their ops are too small to gain from threads, and on a loaded machine OpenMP's
+# barriers between descheduled threads made a 2-thread toy run ~60x slower than a 1-thread one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A model and schedule small enough that a whole run.py job takes seconds on a 2-core CPU.
 TINY = [
     "depth=2", "width=32", "heads=1", "seq_len=32", "batch_size=4", "steps=6",

@@ -14,11 +14,14 @@ class TrainTimer(L.Callback):
     """Wall-clock time spent in training batches (validation excluded) and the token throughput.
 
     Logs `train/tokens_per_s` over the batches since the previous log, and keeps the total
-    `train_time_s` in checkpoints, so a resumed run reports the time of the whole run.
+    `train_time_s` in checkpoints, so a resumed run reports the time of the whole run. Also keeps the
+    validation curve against training time (`history`: step, train_time_s, val_loss, val_ppl), for
+    the paper's perplexity-vs-time plot (Fig. 3c).
     """
 
     def __init__(self) -> None:
         self.train_time_s = 0.0
+        self.history: list[dict[str, float]] = []
         self._t0 = 0.0
         self._window_time, self._window_tokens = 0.0, 0
 
@@ -37,11 +40,18 @@ class TrainTimer(L.Callback):
         if (batch_idx + 1) % trainer.log_every_n_steps == 0:
             self._window_time, self._window_tokens = 0.0, 0
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or getattr(pl_module, "eval_prefix", "val") != "val" or not pl_module.last_eval:
+            return
+        self.history.append({"step": trainer.global_step, "train_time_s": self.train_time_s,
+                             "val_loss": pl_module.last_eval["loss"], "val_ppl": pl_module.last_eval["ppl"]})
+
     def state_dict(self) -> dict[str, Any]:
-        return {"train_time_s": self.train_time_s}
+        return {"train_time_s": self.train_time_s, "history": self.history}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_time_s = state_dict["train_time_s"]
+        self.history = state_dict.get("history", [])
 
 
 class MixingParameterLogger(L.Callback):
@@ -51,15 +61,25 @@ class MixingParameterLogger(L.Callback):
 
     SCALAR_LIMIT = 4
 
+    def __init__(self) -> None:
+        self.alpha_history: dict[str, list[list[float]]] = {}  # step → α matrix (paper Fig. 9)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0 and hasattr(pl_module.net.mixer, "alpha_matrix"):
+            self.alpha_history["0"] = pl_module.net.mixer.alpha_matrix().tolist()
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or getattr(pl_module, "eval_prefix", "val") != "val":
             return
+        step = trainer.global_step
+        net = pl_module.net
+        alpha = net.mixer.alpha_matrix() if hasattr(net.mixer, "alpha_matrix") else None
+        if alpha is not None:
+            self.alpha_history[str(step)] = alpha.tolist()
         experiments = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not experiments:
             return
-        step = trainer.global_step
-        net = pl_module.net
-        figure = alpha_heatmap(net.mixer.alpha_matrix(), f"step {step}") if hasattr(net.mixer, "alpha_matrix") else None
+        figure = alpha_heatmap(alpha, f"step {step}") if alpha is not None else None
         for tb in experiments:
             for name, p in net.parameter_groups()["dwa"]:
                 tag = "mixing/" + name.removeprefix("mixer.")
@@ -75,6 +95,12 @@ class MixingParameterLogger(L.Callback):
             import matplotlib.pyplot as plt
 
             plt.close(figure)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"alpha_history": self.alpha_history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.alpha_history = state_dict.get("alpha_history", {})
 
 
 def alpha_heatmap(alpha: torch.Tensor, title: str = ""):

@@ -4,7 +4,10 @@ naming the key, its value and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -32,10 +35,10 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def dirname(overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> str:
+def dirname(overrides: Iterable[str], exclude_keys: Iterable[str] = (), more_exclude_keys: Iterable[str] = ()) -> str:
     """A folder name that is a pure function of the command-line overrides, e.g.
     'dilation=2,model=denseformer'; 'default' when there are none."""
-    exclude = set(exclude_keys)
+    exclude = set(exclude_keys) | set(more_exclude_keys)
     kept = sorted(o for o in overrides if override_key(o) not in exclude and not override_key(o).startswith("hydra."))
     name = ",".join(kept) or "default"
     name = re.sub(r"[^A-Za-z0-9=,._+\-\[\]]", "_", name)
@@ -56,10 +59,63 @@ def micro_batch(batch_size: int, accumulate: int) -> int:
     return batch_size // accumulate
 
 
+def scaled(value: float, divisor: float, minimum: int = 1) -> int:
+    """A paper quantity at another scale: value / divisor rounded half up, at least `minimum`."""
+    return max(int(minimum), math.floor(value / divisor + 0.5))
+
+
+def scaled_width(width: int, divisor: float, head_size: int) -> int:
+    """A paper width at another scale, rounded to a whole number of heads of `head_size`."""
+    return head_size * max(1, math.floor(width / divisor / head_size + 0.5))
+
+
+def exact_div(a: int, b: int) -> int:
+    if a % b:
+        raise ConfigError(f"{a} is not a multiple of {b}")
+    return a // b
+
+
 def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("denselab.scale", scaled, replace=True)
+    OmegaConf.register_new_resolver("denselab.scale_width", scaled_width, replace=True)
+    OmegaConf.register_new_resolver("denselab.div", exact_div, replace=True)
+    OmegaConf.register_new_resolver("denselab.mul", lambda a, b: int(a) * int(b), replace=True)
     OmegaConf.register_new_resolver("denselab.micro_batch", micro_batch, replace=True)
     OmegaConf.register_new_resolver("denselab.dirname", dirname, replace=True)
     OmegaConf.register_new_resolver("denselab.sweep_dirname", sweep_dirname, replace=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run trains: two runs with the same fingerprint train the same thing
+# ---------------------------------------------------------------------------------------------
+
+# Keys that do not change what is trained (names, folders, reporting, logging, measuring).
+NOT_TRAINING = ("experiment_name", "name", "report", "paths", "ckpt_path", "speed", "matmul_precision", "num_threads")
+NOT_TRAINING_NESTED = (("data", "num_proc"), ("trainer", "enable_progress_bar"), ("callbacks",), ("logger",))
+
+
+def training_fingerprint(resolved: dict) -> str:
+    """sha256 of the resolved config without the keys that do not change what is trained."""
+    trimmed = copy.deepcopy({k: v for k, v in resolved.items() if k not in NOT_TRAINING})
+    for path in NOT_TRAINING_NESTED:
+        node = trimmed
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(trimmed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += changed_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +281,7 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     _require(cfg, "speed.train_batch_size", lambda v: v is None or (_is_int(v) and v >= 1), "null or integers >= 1")
     _require(cfg, "speed.repeats", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     _require(cfg, "speed.warmup", lambda v: _is_int(v) and v >= 0, "integers >= 0")
+    _require(cfg, "num_threads", lambda v: v is None or (_is_int(v) and v >= 1), "null or integers >= 1")
     _require(cfg, "ckpt_path", lambda v: v is None or isinstance(v, str), "null (fresh start), 'last' or a .ckpt path")
 
     # Last, the model itself, built on the meta device (no memory, no compute): constructor checks

@@ -1,7 +1,7 @@
 """One training job, as `run.py` launches it for every run of a (multi)run.
 
-validate config → tokenize (or reuse) → build model → Lightning fit (resumable) → full validation
-pass → metrics.json, resolved config and TensorBoard HParams, all written atomically.
+validate config → tokenize (or reuse) → build model → Lightning fit (resumable) → evaluation pass →
+speed → metrics.json, resolved config, histories and TensorBoard HParams, all written atomically.
 """
 
 from __future__ import annotations
@@ -19,16 +19,19 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ProgressBar
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
-from denselab.callbacks import TrainTimer
-from denselab.config import SHORTHANDS, ConfigError, used_shorthands, validate_config
+from denselab.callbacks import MixingParameterLogger, TrainTimer
+from denselab.config import (SHORTHANDS, ConfigError, changed_keys, training_fingerprint, used_shorthands,
+                             validate_config)
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info, read_json
 from denselab.lit_module import LanguageModel
 from denselab.models import build_model, count_parameters, padded_vocab_size
+from denselab.same_time import steps_for_same_train_time
 from denselab.speed import batches_per_second
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).
 # train.py already resolves the checkpoint to resume (or moves old ones aside for a fresh start).
 warnings.filterwarnings("ignore", message=".*was called without a model. The last model.*")
 warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
+
+PAPER_KEYS = ("depth", "width", "seq_len", "batch_size", "steps", "lr", "dwa_start_step")  # hparams at a scale
 
 
 def _route_lightning_logs() -> None:
@@ -57,7 +62,8 @@ def _route_lightning_logs() -> None:
 
 def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """The settings that identify a run: the model name, the shorthands it uses (others None), the
-    data and the schedule. The aggregator groups runs that differ only in `seed`."""
+    data, and at a scale the paper-unit settings of its row. The aggregator groups runs that differ
+    only in `seed`."""
     used = used_shorthands(cfg)
     hp: dict[str, Any] = {"model": cfg.model.name}
     hp.update({k: (cfg[k] if k in used else None) for k in SHORTHANDS})
@@ -67,6 +73,9 @@ def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         experiment=cfg.get("experiment_name"),
     )
+    if cfg.get("scale") is not None:
+        hp["scale"] = cfg.scale.name
+        hp.update({f"paper_{k}": cfg.paper[k] for k in PAPER_KEYS})
     return hp
 
 
@@ -79,12 +88,17 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     out = Path(cfg.paths.output_dir)
     metrics_path = out / "metrics.json"
     try:
-        validate_config(cfg, overrides)
+        try:
+            validate_config(cfg, overrides)
+        except InterpolationResolutionError as e:  # a resolver refused a value (e.g. a scaled batch)
+            raise ConfigError(str(e.__cause__ or e).splitlines()[0]) from None
         previous = read_json(metrics_path)
-        if cfg.ckpt_path == "last" and previous and previous.get("status") == "completed":
-            print(f"[denselab] {out} already completed (final val ppl {previous['final_val_ppl']:.3f}); "
-                  "skipping. Pass ckpt_path=null to train it again.")
-            return previous
+        if previous and cfg.ckpt_path == "last":
+            _check_same_training(cfg, out, previous)
+            if previous.get("status") == "completed":
+                print(f"[denselab] {out} already completed (final val ppl {previous['final_val_ppl']:.3f}); "
+                      "skipping. Pass ckpt_path=null to train it again.")
+                return previous
         return _train(cfg, overrides, out)
     except ConfigError as e:
         if not multirun:
@@ -97,6 +111,21 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
             raise
         log.error("Job %s failed:\n%s", out, traceback.format_exc())
     return None
+
+
+def _check_same_training(cfg: DictConfig, out: Path, previous: dict) -> None:
+    """Refuse to resume or skip a run folder that holds a different training configuration (e.g. two
+    experiments sharing a sweep folder with different settings)."""
+    if "fingerprint" not in previous or cfg.get("match_train_time_of"):
+        return  # a same-time run fixes its steps at its first start; checked against its config.yaml there
+    now = training_fingerprint(OmegaConf.to_container(cfg, resolve=True))
+    if now != previous["fingerprint"]:
+        before = OmegaConf.to_container(OmegaConf.load(out / "config.yaml")) if (out / "config.yaml").is_file() else {}
+        diff = changed_keys(before, OmegaConf.to_container(cfg, resolve=True))
+        diff = [k for k in diff if not k.startswith(("paths.", "experiment_name", "name", "report", "speed"))]
+        raise ConfigError(f"{out} holds a {previous.get('status')} run of another configuration "
+                          f"(differs in {', '.join(diff[:5]) or 'settings'}): pass ckpt_path=null to replace it, "
+                          "or use another sweep name=")
 
 
 def _record_failure(metrics_path: Path, cfg: DictConfig, overrides: list[str], error: BaseException) -> None:
@@ -145,6 +174,8 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg.num_threads)
 
     # Data first: tokenization and the data-dependent checks happen before the model exists.
     datamodule = instantiate(cfg.data)
@@ -157,6 +188,14 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
     print(f"[denselab] model={cfg.model.name}: {params['total']:,} parameters "
           f"({params['dwa']:,} depth-mixing, {params['embedding']:,} in the tied embedding), vocab {vocab_size:,}")
 
+    same_time = None
+    if cfg.get("match_train_time_of"):  # Table 2: the step count comes from another run's training time
+        first = OmegaConf.load(out / "config.yaml") if (out / "config.yaml").is_file() else None
+        same_time = {"steps": first.steps} if first is not None else steps_for_same_train_time(cfg, out, net, vocab_size)
+        with open_dict(cfg):
+            cfg.steps = int(same_time["steps"])
+        print(f"[denselab] same training time as {dict(cfg.match_train_time_of)}: {cfg.steps} steps")
+
     hparams = run_hparams(cfg, overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(resolved))
@@ -166,6 +205,7 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
         "run_dir": str(out),
         "overrides": overrides,
         "hparams": hparams,
+        "fingerprint": training_fingerprint(resolved),
         "params": params,
         "vocab_size": vocab_size,
         "data": {"dir": str(datamodule.directory), "tokens": datamodule.meta["tokens"],
@@ -174,6 +214,8 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
         "machine": machine_info(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
+    if same_time is not None:
+        record["same_train_time"] = same_time
     atomic_write_json(out / "metrics.json", record)
 
     module = LanguageModel(net, OmegaConf.to_container(cfg.optim, resolve=True), max_steps=cfg.trainer.max_steps,
@@ -217,6 +259,9 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
     tokens = trainer.global_step * cfg.batch_size * cfg.data.seq_len  # every step reads the same shape
     timer = next((c for c in trainer.callbacks if isinstance(c, TrainTimer)), None)
     train_time = timer.train_time_s if timer is not None else None
+    mixing_log = next((c for c in trainer.callbacks if isinstance(c, MixingParameterLogger)), None)
+    if mixing_log is not None and mixing_log.alpha_history:
+        atomic_write_json(out / "alpha_history.json", mixing_log.alpha_history)
     record.update(
         status="completed",
         finished_at=datetime.now(timezone.utc).isoformat(),
@@ -230,6 +275,7 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
         final_val_tokens=n_final_windows * cfg.data.seq_len,
         best_val_loss=best if math.isfinite(best) else None,
         best_val_ppl=math.exp(best) if math.isfinite(best) else None,
+        val_history=timer.history if timer is not None else [],
     )
     if trainer.logger is not None:
         tb_params = {k: ("none" if v is None else v) for k, v in hparams.items()}
