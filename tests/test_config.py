@@ -32,8 +32,7 @@ def test_default_config_is_valid():
 
 @pytest.mark.parametrize("overrides,expected", [
     (["dilation=0"], "dilation=0: allowed integers >= 1 (model.net.mixer.dilation)"),
-    (["dwa_period=0"], "dwa_period=0: allowed integers 1..depth (12)"),
-    (["dwa_period=13"], "dwa_period=13: allowed integers 1..depth (12)"),
+    (["dwa_period=0"], "dwa_period=0: allowed integers >= 1 (model.net.mixer.period)"),
     (["width=100", "heads=3"], "width=100: allowed multiples of heads=3"),
     (["width=96", "heads=32"], "width=96: allowed widths with an even head size"),
     (["depth=0"], "depth=0: allowed integers >= 1 (model.net.depth)"),

@@ -61,12 +61,19 @@ class MixingParameterLogger(L.Callback):
 
     SCALAR_LIMIT = 4
 
-    def __init__(self) -> None:
+    def __init__(self, alpha_every_n_steps: int | None = None) -> None:
+        self.alpha_every_n_steps = alpha_every_n_steps
         self.alpha_history: dict[str, list[list[float]]] = {}  # step → α matrix (paper Fig. 9)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step == 0 and hasattr(pl_module.net.mixer, "alpha_matrix"):
             self.alpha_history["0"] = pl_module.net.mixer.alpha_matrix().tolist()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step, every = trainer.global_step, self.alpha_every_n_steps
+        if every and step % every == 0 and hasattr(pl_module.net.mixer, "alpha_matrix"):
+            self.alpha_history[str(step)] = pl_module.net.mixer.alpha_matrix().tolist()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or getattr(pl_module, "eval_prefix", "val") != "val":

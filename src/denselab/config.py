@@ -220,8 +220,7 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     mixer = f"{net}.mixer"
     if OmegaConf.select(cfg, mixer) is not None:
         _require(cfg, f"{mixer}.dilation", lambda v: _is_int(v) and v >= 1, "integers >= 1")
-        _require(cfg, f"{mixer}.period", lambda v: _is_int(v) and 1 <= v <= (depth or v),
-                 f"integers 1..depth ({depth}); a larger period places no DWA at all")
+        _require(cfg, f"{mixer}.period", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.semantics", lambda v: v in ("paper", "official"), "one of paper, official")
         _require(cfg, f"{mixer}.k", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.streams", lambda v: _is_int(v) and v >= 1, "integers >= 1")

@@ -11,15 +11,18 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from denselab.config import ConfigError, validate_config
+from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The override list of every job the basic sweeper will launch (config sweeps included)."""
+    """The override list of every job the sweeper will launch (config sweeps and table rows included)."""
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    if config.hydra.sweeper.get("rows") is not None:
+        return expand_rows(OmegaConf.to_container(config.hydra.sweeper.rows, resolve=True), arguments)
     parsed = OverridesParser.create().parse_overrides(arguments)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
@@ -60,5 +63,10 @@ class SweepCallback(Callback):
         except FileNotFoundError as e:
             print(f"[denselab] nothing to aggregate: {e}", file=sys.stderr)
             raise SystemExit(1) from None
+        if config.get("report") is not None and config.get("experiment_name"):
+            from denselab.report import report_experiment
+
+            for path in report_experiment(config, list(config.hydra.overrides.task)):
+                print(f"[denselab] wrote {path}")
         if not (results["status"] == "completed").all():
             raise SystemExit(1)

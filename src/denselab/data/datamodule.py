@@ -151,7 +151,8 @@ class TokenDataModule(L.LightningDataModule):
         windows = TrainWindows(self.directory / "train.bin", self.seq_len, self.batch_size, self.seed, start)
         return DataLoader(windows, batch_size=None)
 
-    def _val_loader(self, limit: int | None) -> DataLoader:
+    def val_windows_loader(self, limit: int | None) -> DataLoader:
+        """Fixed non-overlapping validation windows: all of them, or `limit` evenly spaced ones."""
         total = ValWindows.count(self.meta["tokens"]["val"], self.seq_len)
         if limit is None or limit >= total:
             ids = np.arange(total)
@@ -160,10 +161,10 @@ class TokenDataModule(L.LightningDataModule):
         return DataLoader(ValWindows(self.directory / "val.bin", self.seq_len, ids), batch_size=self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._val_loader(self.val_windows)
+        return self.val_windows_loader(self.val_windows)
 
     def final_val_dataloader(self) -> DataLoader:
-        return self._val_loader(self.final_val_windows)
+        return self.val_windows_loader(self.final_val_windows)
 
 
 def stdlib_data(val_percent: int = 5, **settings: Any) -> TokenDataModule:

@@ -31,10 +31,14 @@ anyway, so the extra training memory is the DWA outputs themselves.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from denselab.models.gpt import Rotary
+
+log = logging.getLogger(__name__)
 
 SEMANTICS = ("paper", "official")
 
@@ -58,6 +62,8 @@ class DWA(nn.Module):
         self.depth, self.dilation, self.period, self.semantics = depth, dilation, period, semantics
         # Depths i that are followed by a DWA module, in order; alphas[n] belongs to dwa_depths[n].
         self.dwa_depths: list[int] = self._dwa_depths()
+        if not self.dwa_depths:  # e.g. the paper's 4x20 pattern on a model scaled down to 12 blocks
+            log.warning("DWA: period %d exceeds depth %d, so no DWA module is placed (a Transformer)", period, depth)
         self._index = {i: n for n, i in enumerate(self.dwa_depths)}
         # Block outputs X_j that some DWA reads; the others need not be kept.
         self._needed = frozenset(j for i in self.dwa_depths for j in self.sources(i))

@@ -45,10 +45,15 @@ def expand_rows(rows: Sequence[Mapping[str, Any]], arguments: Sequence[str]) -> 
 
 
 def _format(value: Any) -> str:
+    """A row value in Hydra's override grammar (dicts as {k:v,...}, lists as [a,b])."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{_format(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format(v) for v in value) + "]"
     return str(value)
 
 

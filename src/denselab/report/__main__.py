@@ -1,0 +1,38 @@
+"""python -m denselab.report experiment=<name> [scale=mini] [the other overrides the sweep was run with]"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from denselab.config import ConfigError, register_resolvers
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def main(argv: list[str]) -> int:
+    if not any(a.startswith("experiment=") for a in argv):
+        print("usage: python -m denselab.report experiment=<name> [scale=smoke|mini|paper] [overrides ...]",
+              file=sys.stderr)
+        return 2
+    os.environ.setdefault("DENSELAB_ROOT", str(ROOT))
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=argv, return_hydra_config=True)
+    from denselab.report import report_experiment
+
+    try:
+        written = report_experiment(cfg, argv)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"[denselab] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,239 @@
+"""Build an experiment's report: CSV(s) and PNG in `report.out_dir`, run_info.json, and the
+experiment's README (regenerated from its YAML and every scale's run_info)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from denselab.io import atomic_write_json, atomic_write_text, git_info
+from denselab.report import analysis, figures
+from denselab.report.runs import Run, expected_runs, run_info, select, sweep_dir
+from denselab.report.tables import build_table, label
+
+TABLE_FIGURES = ("table_bars", "speed_tradeoff", "kxp_tradeoff", "sparsity_effect", "curves_vs_time",
+                 "curves_vs_steps", "same_time")
+CONF = Path(__file__).resolve().parents[3] / "conf"
+
+
+def report_experiment(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[Path]:
+    """Write the report of `cfg` (a composed experiment config, hydra node included)."""
+    rep = cfg.report
+    name, out = cfg.experiment_name, Path(rep.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = expected_runs(cfg, list(extra_overrides))
+    title = _title(name, cfg.scale.name)
+    written: list[Path] = []
+    kind = rep.figure
+
+    if kind in TABLE_FIGURES or rep.paper_table is not None:
+        table = build_table(runs, rep.paper_table, list(rep.match))
+        written.append(_write_csv(table, out / f"{name}.csv"))
+        if kind in ("table_bars", "same_time", None):
+            written.append(figures.table_bars(table, title, out / f"{name}.png"))
+        elif kind == "speed_tradeoff":
+            written.append(figures.speed_tradeoff(table, title, out / f"{name}.png"))
+        elif kind == "kxp_tradeoff":
+            written.append(figures.kxp_tradeoff(table, title, out / f"{name}.png"))
+        elif kind == "sparsity_effect":
+            written.append(figures.sparsity_effect(table, rep.vary, dict(rep.baseline), title, out / f"{name}.png"))
+        elif kind in ("curves_vs_time", "curves_vs_steps"):
+            written += _curves(runs, cfg, kind, title, out / name)
+    else:
+        written += ANALYSES[kind](runs, cfg, title, out / name)
+
+    info = run_info(runs) | {"scale": cfg.scale.name, "sweep_dir": str(sweep_dir(cfg)),
+                             "report_commit": git_info()["commit"], "files": [p.name for p in written]}
+    atomic_write_json(out / "run_info.json", info)
+    if out.parent.name == name:  # the default layout experiments/<name>/<scale>/: refresh its README
+        written.append(write_readme(name, out.parent))
+    return written
+
+
+def _title(name: str, scale: str) -> str:
+    return f"{name} — scale={scale}"
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    atomic_write_text(path, df.to_csv(index=False))
+    return path
+
+
+def _row_name(run: Run) -> str:
+    hp = run.hparams
+    return label(hp.get("model", "?"), hp.get("dilation"), hp.get("dwa_period"), hp.get("paper_depth"))
+
+
+# -- curves of the validation perplexity ----------------------------------------------------------
+
+def _curves(runs: list[Run], cfg: DictConfig, kind: str, title: str, stem: Path) -> list[Path]:
+    """Validation curves, averaged over seeds at each validation (Fig. 3c against training time,
+    Fig. 15 against steps, in paper steps so that the zoom is the paper's)."""
+    scale_steps = cfg.paper.steps / cfg.steps
+    points = []
+    for r in runs:
+        if not r.completed:
+            continue
+        for h in r.metrics.get("val_history", []):
+            points.append({"row": _row_name(r), "seed": r.seed, "step": h["step"], "paper_step": h["step"] * scale_steps,
+                           "train_time_s": h["train_time_s"], "val_ppl": h["val_ppl"]})
+    data = pd.DataFrame(points, columns=["row", "seed", "step", "paper_step", "train_time_s", "val_ppl"])
+    mean = data.groupby(["row", "step"], sort=False).mean(numeric_only=True).reset_index()
+    csv = _write_csv(mean, Path(f"{stem}.csv"))
+    if kind == "curves_vs_time":
+        png = figures.curves(mean, "train_time_s", title, Path(f"{stem}.png"))
+    else:
+        zoom = tuple(cfg.report.zoom_paper_steps) if cfg.report.get("zoom_paper_steps") else None
+        png = figures.curves(mean, "paper_step", title, Path(f"{stem}.png"), zoom=zoom)
+    return [csv, png]
+
+
+# -- analyses of trained models ---------------------------------------------------------------------
+
+def _panels(runs: list[Run], cfg: DictConfig) -> list[tuple[str, list[Run]]]:
+    return [(p.title, select(runs, dict(p.select))) for p in cfg.report.panels]
+
+
+def alpha_heatmaps(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
+    """Figs. 4, 7, 14: α averaged over the seeds of each panel's runs."""
+    panels, rows = [], []
+    for name, chosen in _panels(runs, cfg):
+        mats = [analysis.alpha_matrix(analysis.load_trained(r.dir)[0]).numpy() for r in chosen]
+        mean = np.mean(mats, axis=0) if mats else None
+        panels.append((f"{name} (n={len(mats)})", mean))
+        if mean is not None:
+            rows += [{"panel": name, "dwa_index": i, "source": j, "alpha": float(mean[i, j]), "n_seeds": len(mats)}
+                     for i in range(mean.shape[0]) for j in range(i + 1)]
+    return [_write_csv(pd.DataFrame(rows), Path(f"{stem}.csv")), figures.heatmaps(panels, title, Path(f"{stem}.png"))]
+
+
+def alpha_evolution(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
+    """Fig. 9: α of one run at the paper's steps 0 … 6000 (scaled), from its alpha_history.json."""
+    (name, chosen), = _panels(runs, cfg)
+    history = json.loads((chosen[0].dir / "alpha_history.json").read_text()) if chosen else {}
+    ratio = cfg.steps / cfg.paper.steps
+    panels, rows = [], []
+    for paper_step in cfg.report.paper_steps:
+        step = str(max(0, round(paper_step * ratio)) if paper_step else 0)
+        alpha = np.array(history[step]) if step in history else None
+        panels.append((f"paper step {paper_step} (step {step})", alpha))
+        if alpha is not None:
+            rows += [{"paper_step": paper_step, "step": int(step), "dwa_index": i, "source": j, "alpha": alpha[i, j]}
+                     for i in range(alpha.shape[0]) for j in range(i + 1)]
+    return [_write_csv(pd.DataFrame(rows), Path(f"{stem}.csv")),
+            figures.heatmaps(panels, f"{title}: {name}", Path(f"{stem}.png"))]
+
+
+def embedding_similarity(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
+    """Figs. 5, 8: cos(Y_i, X_0) per depth, averaged over tokens of fixed validation windows and seeds."""
+    rows = []
+    for name, chosen in _panels(runs, cfg):
+        sims = []
+        for r in chosen:
+            net, run_cfg = analysis.load_trained(r.dir)
+            sims.append(analysis.embedding_similarity(net, analysis.validation_windows(run_cfg, 64)))
+        if sims:
+            mean = np.mean(sims, axis=0)
+            rows += [{"series": name, "depth": i, "cosine": float(c), "n_seeds": len(sims)} for i, c in enumerate(mean)]
+    data = pd.DataFrame(rows, columns=["series", "depth", "cosine", "n_seeds"])
+    return [_write_csv(data, Path(f"{stem}.csv")),
+            figures.lines(data, "depth", "cosine", title, Path(f"{stem}.png"), "depth (DWA / block index)",
+                          "cosine similarity with the embedding")]
+
+
+def alpha_pruning(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
+    """Fig. 6: perplexity after zeroing the smallest x % of α, on fixed validation windows; the
+    Transformer panel is drawn as a horizontal reference at its perplexity on the same windows."""
+    rows, hlines = [], {}
+    n = int(cfg.report.eval_windows)
+    for name, chosen in _panels(runs, cfg):
+        for r in chosen:
+            net, run_cfg = analysis.load_trained(r.dir)
+            windows = analysis.validation_windows(run_cfg, n)
+            if not hasattr(net.mixer, "alphas"):
+                hlines.setdefault(name, []).append(analysis.perplexity(net, windows))
+                continue
+            for fraction in cfg.report.fractions:
+                with analysis.pruned_alphas(net, fraction / 100) as dropped:
+                    rows.append({"series": name, "seed": r.seed, "dropped_percent": fraction, "dropped": dropped,
+                                 "ppl": analysis.perplexity(net, windows)})
+    data = pd.DataFrame(rows, columns=["series", "seed", "dropped_percent", "dropped", "ppl"])
+    mean = data.groupby(["series", "dropped_percent"], sort=False).mean(numeric_only=True).reset_index()
+    for name, values in hlines.items():
+        mean = pd.concat([mean, pd.DataFrame([{"series": name, "dropped_percent": None, "ppl": float(np.mean(values))}])])
+    return [_write_csv(mean, Path(f"{stem}.csv")),
+            figures.lines(mean.dropna(subset=["dropped_percent"]), "dropped_percent", "ppl", title, Path(f"{stem}.png"),
+                          "α dropped (%, smallest magnitude first)", "perplexity",
+                          hlines={k: float(np.mean(v)) for k, v in hlines.items()}, logy=True)]
+
+
+def singular_values(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
+    """Fig. 12: ranked singular values per matrix kind, averaged over blocks and seeds."""
+    rows = []
+    for name, chosen in _panels(runs, cfg):
+        per_seed = [analysis.singular_values(analysis.load_trained(r.dir)[0]) for r in chosen]
+        for kind in (per_seed[0] if per_seed else {}):
+            mean = np.mean([s[kind] for s in per_seed], axis=0)
+            rows += [{"series": name, "kind": kind, "rank": i, "singular_value": float(v)} for i, v in enumerate(mean)]
+    data = pd.DataFrame(rows, columns=["series", "kind", "rank", "singular_value"])
+    return [_write_csv(data, Path(f"{stem}.csv")), figures.spectra(data, title, Path(f"{stem}.png"))]
+
+
+ANALYSES = {
+    "alpha_heatmaps": alpha_heatmaps,
+    "alpha_evolution": alpha_evolution,
+    "embedding_similarity": embedding_similarity,
+    "alpha_pruning": alpha_pruning,
+    "singular_values": singular_values,
+}
+
+
+# -- the experiment's README ----------------------------------------------------------------------
+
+def describe(name: str) -> str:
+    """The header comment of conf/experiment/<name>.yaml."""
+    lines = []
+    for line in (CONF / "experiment" / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("# @package"):
+            continue
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").rstrip())
+    return " ".join(lines)
+
+
+def write_readme(name: str, folder: Path) -> Path:
+    """experiments/<name>/README.md: what it reproduces, how to run it, and what each scale measured."""
+    cfg = OmegaConf.load(CONF / "experiment" / f"{name}.yaml")
+    source = OmegaConf.select(cfg, "report.source")
+    lines = [f"# {name}", "", describe(name), "", "## Run it", "",
+             "```bash", f"make {name} SCALE=mini      # or smoke, paper (a GPU job); default mini",
+             f".venv/bin/python run.py -m experiment={name} scale=mini   # the same, directly",
+             f".venv/bin/python -m denselab.report experiment={name} scale=mini   # only redraw from the runs", "```", ""]
+    if source:
+        lines += [f"It draws on the runs of `{source}` (the same sweep folder): runs `{source}` already "
+                  "trained are reused, the missing ones are trained first.", ""]
+    lines += ["## Results by scale", "",
+              "Every file below is written by `denselab.report` from the runs' metrics.json and checkpoints; "
+              "none is edited by hand. Wall time: from the first run's start to the last run's end of the sweep "
+              "(job time: the sum over runs).", "",
+              "| scale | runs completed / expected | failed | wall time | job time | machine | commit | files |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for info_path in sorted(folder.glob("*/run_info.json")):
+        info = json.loads(info_path.read_text())
+        files = ", ".join(f"[{f}]({info_path.parent.name}/{f})" for f in info.get("files", []))
+        lines.append(f"| {info['scale']} | {info['completed']} / {info['expected']} | {info['failed']} | "
+                     f"{_duration(info['span_s'])} | {_duration(info['job_time_s'])} | {'; '.join(info['machines'])} | "
+                     f"{', '.join(c[:10] for c in info['commits'])} | {files} |")
+    path = folder / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+

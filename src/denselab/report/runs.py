@@ -1,0 +1,101 @@
+"""Which runs an experiment expects, and what they recorded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from denselab.config import dirname
+from denselab.io import read_json
+from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
+
+
+@dataclass
+class Run:
+    """One expected run of an experiment: its folder and (if it ran) its metrics."""
+
+    dir: Path
+    row: tuple[str, ...]  # the row's overrides without the seed: runs differing only in seed share it
+    seed: str
+    metrics: dict | None
+
+    @property
+    def status(self) -> str:
+        return (self.metrics or {}).get("status", "missing")
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return (self.metrics or {}).get("hparams") or {}
+
+
+def sweep_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.log_dir) / "sweeps" / str(cfg.name)
+
+
+def expected_runs(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[Run]:
+    """The runs of `cfg`'s rows × its scale's seeds, in row order, as the rows sweeper launches them."""
+    rows = OmegaConf.to_container(cfg.hydra.sweeper.rows, resolve=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True) or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(extra_overrides)
+    exclude = list(cfg.hydra.job.config.override_dirname.exclude_keys)
+    folder = sweep_dir(cfg)
+    runs = []
+    for job in expand_rows(rows, arguments):
+        name = dirname(job, exclude, ["experiment", "scale"])
+        row = tuple(sorted(o for o in job if not o.startswith("seed=")))
+        seed = next((o.split("=", 1)[1] for o in job if o.startswith("seed=")), "0")
+        runs.append(Run(folder / name, row, seed, read_json(folder / name / "metrics.json")))
+    return runs
+
+
+def select(runs: list[Run], selector: dict[str, Any]) -> list[Run]:
+    """Completed runs whose hparams equal `selector` (e.g. {model: denseformer, paper_depth: 48})."""
+    return [r for r in runs if r.completed and all(_same(r.hparams.get(k), v) for k, v in selector.items())]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b)
+    return a == b
+
+
+def grouped(runs: list[Run]) -> list[list[Run]]:
+    """Runs grouped by row (all seeds of a row together), in row order."""
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.row, []).append(r)
+    return list(groups.values())
+
+
+def run_info(runs: list[Run]) -> dict[str, Any]:
+    """How many runs completed, how long they took, on what, from which commits."""
+    from datetime import datetime
+
+    done = [r for r in runs if r.completed]
+    starts = [datetime.fromisoformat(r.metrics["started_at"]) for r in done]
+    ends = [datetime.fromisoformat(r.metrics["finished_at"]) for r in done]
+    durations = [(e - s).total_seconds() for s, e in zip(starts, ends)]
+    return {
+        "expected": len(runs),
+        "completed": len(done),
+        "failed": sum(r.status == "failed" for r in runs),
+        "missing": sum(r.status == "missing" for r in runs),
+        "job_time_s": sum(durations),
+        "span_s": (max(ends) - min(starts)).total_seconds() if done else 0.0,
+        "commits": sorted({(r.metrics.get("git") or {}).get("commit") or "?" for r in done}),
+        "machines": sorted({_machine(r.metrics) for r in done}),
+    }
+
+
+def _machine(metrics: dict) -> str:
+    m = metrics.get("machine") or {}
+    device = m.get("cuda") or f"{m.get('cpu_count')}-core {m.get('processor')} CPU"
+    return f"{device}, torch {m.get('torch')}"

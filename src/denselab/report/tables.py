@@ -1,0 +1,156 @@
+"""A table in the paper's layout: every row of the paper's table with its numbers, ours beside them
+(mean, standard error, n over seeds), and our rows the paper does not have at the end."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from denselab.models import num_dwa_parameters
+from denselab.report.runs import Run, grouped
+
+PAPER_TABLES = Path(__file__).resolve().parents[3] / "experiments" / "paper_tables.csv"
+DWA_PATTERNS = ("denseformer", "last_k", "connect_to_last")
+LABELS = {
+    "transformer": "Transformer", "denseformer": "DenseFormer", "skips_with_gains": "Skips With Gains",
+    "last_k": "Last K (K=4)", "connect_to_last": "Connect to Last",
+}
+
+
+COLUMNS = ["row", "model", "k_x_p", "depth", "width", "note", "paper_params_m", "ours_params_m", "paper_ppl",
+           "paper_ppl_stderr", "ours_ppl", "ours_ppl_stderr", "ours_n", "paper_inference_bps", "ours_inference_bps",
+           "ours_inference_bps_stderr", "ours_train_bps", "ours_train_bps_stderr", "paper_steps", "ours_steps",
+           "ours_train_time_s", "ours_train_time_s_stderr", "ours_sparsity", "ours_depth", "ours_width",
+           "ours_failed", "ours_missing", "status", "errors"]
+
+
+def paper_rows(table: str) -> pd.DataFrame:
+    """The rows of one table of experiments/paper_tables.csv (the paper's numbers, transcribed)."""
+    rows = pd.read_csv(PAPER_TABLES, dtype={"table": str})
+    return rows[rows["table"] == str(table)].reset_index(drop=True)
+
+
+def _num(value: Any) -> float | int | None:
+    """CSV/hparam value → number or None ('', '-', NaN, None → None)."""
+    if value is None or value == "" or value == "-":
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return value
+    if math.isnan(x):
+        return None
+    return int(x) if x.is_integer() else x
+
+
+def paper_key(row: pd.Series, match: list[str]) -> dict[str, Any]:
+    """The matching key of a paper row: model, depth, width, dilation, period, N (DWA start step)."""
+    note = str(row.get("note") or "")
+    n = re.search(r"from step (\d+)", note)
+    values = {"model": row["model"], "depth": _num(row["depth"]), "width": _num(row["width"]),
+              "dilation": _num(row["dilation"]), "period": _num(row["period"]),
+              "N": int(n.group(1)) if n else None, "seq_len": _num(row["seq_len"])}
+    return {k: values[k] for k in match}
+
+
+def our_key(hp: dict[str, Any], has_mixing: bool, match: list[str]) -> dict[str, Any]:
+    values = {"model": hp.get("model"), "depth": _num(hp.get("paper_depth")), "width": _num(hp.get("paper_width")),
+              "dilation": _num(hp.get("dilation")), "period": _num(hp.get("dwa_period")),
+              "N": _num(hp.get("paper_dwa_start_step")) if has_mixing else None,
+              "seq_len": _num(hp.get("paper_seq_len"))}
+    return {k: values[k] for k in match}
+
+
+def label(model: str, dilation: Any = None, period: Any = None, depth: Any = None) -> str:
+    name = LABELS.get(model, model)
+    if model == "denseformer" and dilation is not None:
+        name = f"{dilation}x{period}-DenseFormer"
+    return f"{name} {depth}" if depth is not None else name
+
+
+def _mean_stderr(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
+
+
+def summarize_group(runs: list[Run]) -> dict[str, Any]:
+    """Our numbers for one row: mean and standard error over its completed seeds."""
+    done = [r for r in runs if r.completed]
+    hp = (done or runs)[0].hparams
+    out: dict[str, Any] = {"ours_n": len(done), "ours_failed": sum(r.status == "failed" for r in runs),
+                           "ours_missing": sum(r.status == "missing" for r in runs)}
+    for key, metric in (("ppl", "final_val_ppl"), ("inference_bps", "inference_bps"), ("train_bps", "train_bps"),
+                        ("train_time_s", "train_time_s")):
+        out[f"ours_{key}"], out[f"ours_{key}_stderr"] = _mean_stderr([r.metrics.get(metric) for r in done])
+    if done:
+        m = done[0].metrics
+        out.update(ours_params_m=round(m["params"]["total"] / 1e6, 3), ours_steps=m["steps"],
+                   ours_depth=hp.get("depth"), ours_width=hp.get("width"))
+        if hp.get("model") in DWA_PATTERNS:  # Tables 3, 7: the share of a full DWA's α that are absent
+            out["ours_sparsity"] = round(1 - m["params"]["dwa"] / num_dwa_parameters(hp["depth"]), 3)
+    out["errors"] = "; ".join(sorted({r.metrics.get("error", "") for r in runs if r.status == "failed"}))
+    return out
+
+
+def build_table(runs: list[Run], table: str | None, match: list[str]) -> pd.DataFrame:
+    """One output row per paper row (in the paper's order), then our rows the paper lacks."""
+    groups = grouped(runs)
+    ours = []
+    for g in groups:
+        hp = next((r.hparams for r in g if r.hparams), {})
+        has_mixing = any((r.metrics or {}).get("params", {}).get("dwa", 0) > 0 for r in g)
+        ours.append((our_key(hp, has_mixing, match) if hp else None, hp, g))
+    used: set[int] = set()
+    rows: list[dict[str, Any]] = []
+    if table is not None:
+        for _, p in paper_rows(table).iterrows():
+            key = paper_key(p, match)
+            hit = next((i for i, (k, _, _) in enumerate(ours) if k == key and i not in used), None)
+            row = {"row": label(p["model"], _num(p["dilation"]), _num(p["period"]), _num(p["depth"])),
+                   "model": p["model"], "k_x_p": _kxp(_num(p["dilation"]), _num(p["period"])),
+                   "depth": _num(p["depth"]), "width": _num(p["width"]), "note": p.get("note") or None,
+                   "paper_params_m": _num(p["params_m"]), "paper_steps": _num(p["steps"]),
+                   "paper_ppl": _num(p["ppl"]), "paper_ppl_stderr": _num(p["ppl_stderr"]),
+                   "paper_inference_bps": _num(p["inference_bps"])}
+            if hit is None:
+                row["status"] = "missing"
+            else:
+                used.add(hit)
+                row.update(summarize_group(ours[hit][2]))
+                row["status"] = _status(row)
+            rows.append(row)
+    for i, (key, hp, g) in enumerate(ours):
+        if i in used:
+            continue
+        depth = _num(hp.get("paper_depth"))
+        row = {"row": label(hp.get("model", "?"), _num(hp.get("dilation")), _num(hp.get("dwa_period")), depth),
+               "model": hp.get("model"), "k_x_p": _kxp(_num(hp.get("dilation")), _num(hp.get("dwa_period"))),
+               "depth": depth, "width": _num(hp.get("paper_width")), "note": _row_note(g[0].row)}
+        row.update(summarize_group(g))
+        row["status"] = _status(row) if table is None else "not in the paper's table"
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    first = [c for c in COLUMNS if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]].round(4)
+
+
+def _kxp(k: Any, p: Any) -> str | None:
+    return f"{k}x{p}" if k is not None else None
+
+
+def _row_note(row: tuple[str, ...]) -> str:
+    return " ".join(o for o in row if not o.startswith(("model=", "paper.depth=", "dilation=", "dwa_period=")))
+
+
+def _status(row: dict) -> str:
+    if row.get("ours_n"):
+        return "ok" if not (row.get("ours_failed") or row.get("ours_missing")) else "partial"
+    return "failed" if row.get("ours_failed") else "missing"
