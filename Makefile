@@ -10,12 +10,15 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 ARGS ?=
 NAME ?=
+SCALE ?= mini
+TABLES := table1 table2 table3 table4 table5 table6 table7 table8 longseq
+FIGURES := fig2b fig3 fig3c fig4 fig5 fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig14 fig15
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all sweep aggregate tensorboard clean clean-all
+.PHONY: help install train test test-all sweep aggregate tensorboard clean clean-all report figures all $(TABLES) $(FIGURES)
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +44,28 @@ sweep: install  ## a named sweep + its CSVs, also when a job fails: make sweep N
 
 aggregate: install  ## rewrite the CSVs of a sweep folder: make aggregate NAME=k
 	$(PY) -m denselab.aggregate logs/sweeps/$(NAME)
+
+# -- the paper's tables and figures: SCALE=smoke | mini (default) | paper; finished runs are skipped --------
+table1:   ## Table 1: DenseFormer vs deeper Transformers and Skips with Gains, batch 400
+table2:   ## Table 2: same training time (4x5-DenseFormer, then a Transformer given its time)
+table3:   ## Table 3: sparsity patterns (Last K, Connect to Last, 12x1, 4x5)
+table4:   ## Table 4: PG-19, batch 128, 48k steps (SCALE=paper trains on data=pg19)
+table5:   ## Table 5: delayed DWA training (α frozen until step N)
+table6:   ## Table 6: Table 1 at batch 128, dilations 1, 2, 4
+table7:   ## Table 7: sparsity patterns at batch 128
+table8:   ## Table 8: width sweep at 24 blocks, batch 128
+longseq:  ## §4.1: sequences of 512, batch 128
+figures:  ## every figure: 2b, 3a/b, 3c, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15 (see experiments/)
+all:      ## every table, then every figure
+
+$(TABLES) $(FIGURES): install
+	$(PY) run.py -m experiment=$@ scale=$(SCALE) $(if $(and $(filter table4,$@),$(filter paper,$(SCALE))),data=pg19) $(ARGS)
+
+figures: $(FIGURES)
+all: $(TABLES) figures
+
+report: install  ## redraw a report from its runs: make report E=table1 SCALE=mini
+	$(PY) -m denselab.report experiment=$(E) scale=$(SCALE) $(ARGS)
 
 tensorboard: install  ## serve TensorBoard over every run and sweep in logs/
 	$(VENV)/bin/tensorboard --logdir logs

@@ -1,4 +1,5 @@
-"""python -m denselab.report experiment=<name> [scale=mini] [the other overrides the sweep was run with]"""
+"""python -m denselab.report experiment=<name> [scale=mini] [the other overrides the sweep was run with]
+python -m denselab.report --readmes      # regenerate every experiments/<name>/README.md"""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--readmes"]:  # regenerate experiments/<name>/README.md for every experiment
+        from denselab.report.build import write_readme
+
+        from denselab.report.build import write_index
+
+        for path in sorted((ROOT / "conf" / "experiment").glob("[!_]*.yaml")):
+            print(f"[denselab] wrote {write_readme(path.stem, ROOT / 'experiments' / path.stem)}")
+        print(f"[denselab] wrote {write_index(ROOT / 'experiments')}")
+        return 0
     if not any(a.startswith("experiment=") for a in argv):
         print("usage: python -m denselab.report experiment=<name> [scale=smoke|mini|paper] [overrides ...]",
               file=sys.stderr)

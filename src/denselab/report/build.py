@@ -48,8 +48,8 @@ def report_experiment(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[
     info = run_info(runs) | {"scale": cfg.scale.name, "sweep_dir": str(sweep_dir(cfg)),
                              "report_commit": git_info()["commit"], "files": [p.name for p in written]}
     atomic_write_json(out / "run_info.json", info)
-    if out.parent.name == name:  # the default layout experiments/<name>/<scale>/: refresh its README
-        written.append(write_readme(name, out.parent))
+    if out.parent.name == name:  # the default layout experiments/<name>/<scale>/: refresh the READMEs
+        written += [write_readme(name, out.parent), write_index(out.parent.parent)]
     return written
 
 
@@ -222,12 +222,39 @@ def write_readme(name: str, folder: Path) -> Path:
               "(job time: the sum over runs).", "",
               "| scale | runs completed / expected | failed | wall time | job time | machine | commit | files |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if not any(json.loads(p.read_text())["scale"] != "smoke" for p in folder.glob("*/run_info.json")):
+        lines.append("| (none run yet) | | | | | | | |")
     for info_path in sorted(folder.glob("*/run_info.json")):
         info = json.loads(info_path.read_text())
+        if info["scale"] == "smoke":  # smoke outputs are not kept in the repository (.gitignore)
+            continue
         files = ", ".join(f"[{f}]({info_path.parent.name}/{f})" for f in info.get("files", []))
         lines.append(f"| {info['scale']} | {info['completed']} / {info['expected']} | {info['failed']} | "
                      f"{_duration(info['span_s'])} | {_duration(info['job_time_s'])} | {'; '.join(info['machines'])} | "
                      f"{', '.join(c[:10] for c in info['commits'])} | {files} |")
+    path = folder / "README.md"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def write_index(folder: Path) -> Path:
+    """experiments/README.md: one line per experiment, in the Makefile's order."""
+    def order(n: str) -> tuple:
+        group = 0 if n.startswith("table") else 1 if n == "longseq" else 2
+        return group, int("".join(c for c in n if c.isdigit()) or 0), n
+
+    names = sorted((p.stem for p in (CONF / "experiment").glob("[!_]*.yaml")), key=order)
+    lines = ["# Experiments: the paper's tables and figures", "",
+             "One folder per table or figure: its README (what it reproduces, how to run it, what each scale",
+             "measured) and the reports of the scales that were run. `paper_tables.csv` holds every number of the",
+             "paper's tables, transcribed; the reports put ours beside them. Regenerate these READMEs with",
+             "`.venv/bin/python -m denselab.report --readmes`.", "",
+             "| experiment | what it reproduces | scales run |", "| --- | --- | --- |"]
+    for name in names:
+        scales = sorted(json.loads(p.read_text())["scale"] for p in (folder / name).glob("*/run_info.json"))
+        scales = [s for s in scales if s != "smoke"]
+        lines.append(f"| [{name}]({name}/README.md) | {describe(name)} | {', '.join(scales) or '-'} |")
     path = folder / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
