@@ -5,6 +5,8 @@ naming the key, its value and what is allowed.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import os
 import re
 import sys
 from pathlib import Path
@@ -56,6 +58,7 @@ def micro_batch(batch_size: int, accumulate: int) -> int:
 
 
 def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("denselab.cpu_count", lambda: os.cpu_count() or 1, replace=True)
     OmegaConf.register_new_resolver("denselab.micro_batch", micro_batch, replace=True)
     OmegaConf.register_new_resolver("denselab.dirname", dirname, replace=True)
     OmegaConf.register_new_resolver("denselab.sweep_dirname", sweep_dirname, replace=True)
@@ -185,6 +188,18 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     _require(cfg, "data.num_proc", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     for key in ("data.val_windows", "data.final_val_windows"):
         _require(cfg, key, lambda v: v is None or (_is_int(v) and v >= 1), "null (all windows) or integers >= 1")
+    from denselab.data.prepare import VERIFY_MODES
+
+    _require(cfg, "data.verify_bins", lambda v: v in VERIFY_MODES, f"one of {', '.join(VERIFY_MODES)}")
+    if _exists(cfg, "data.dataset_id"):  # a hub corpus: its own checks, the ones preparation would make
+        from denselab.data.hub import HubDataset
+
+        for key in ("data.name", "data.dataset_id", "data.revision"):
+            if _missing(cfg, key):
+                raise ConfigError(f"{key} is not set: allowed a non-empty string")
+        settings = OmegaConf.to_container(cfg.data, resolve=True)
+        HubDataset(**{k: settings[k] for k in inspect.signature(HubDataset).parameters
+                      if k in settings and k != "cache_dir"})
     if _exists(cfg, "data.paths"):
         if _missing(cfg, "data.paths"):
             raise ConfigError("data.paths is not set: data=text needs data.paths=[file.txt,file.jsonl,...]")

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from denselab.config import ConfigError
 from denselab.data.corpus import PythonStdlib, TextFiles
+from denselab.data.hub import HubDataset
 from denselab.data.prepare import prepare_tokens, prepared_dir
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class TokenDataModule(L.LightningDataModule):
     """Tokenizes `source` once (see `prepare.py`) and serves training and validation windows.
 
     Args:
-        source: a corpus object (`corpus.PythonStdlib`, `corpus.TextFiles`).
+        source: a corpus object (`corpus.PythonStdlib`, `corpus.TextFiles`, `hub.HubDataset`).
         tokenizer: 'byte' or 'gpt2'.
         seq_len, batch_size: window length T and windows per micro-batch.
         seed: the data-order seed (the run's seed).
@@ -90,6 +91,8 @@ class TokenDataModule(L.LightningDataModule):
         val_windows: windows per periodic validation, evenly spaced over the split (None: all).
         final_val_windows: windows of the final evaluation (None: the whole split).
         eval_batch_size: windows per validation batch (default: batch_size).
+        verify_bins: how a prepared directory is checked before reuse: "size", "full" (SHA-256 of
+            the bins) or "auto" (full up to 1 GiB of bins); see `prepare.invalid_reason`.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class TokenDataModule(L.LightningDataModule):
         val_windows: int | None = 64,
         final_val_windows: int | None = None,
         eval_batch_size: int | None = None,
+        verify_bins: str = "auto",
     ):
         super().__init__()
         self.source, self.tokenizer = source, tokenizer
@@ -111,6 +115,7 @@ class TokenDataModule(L.LightningDataModule):
         self.cache_dir, self.num_proc = cache_dir, num_proc
         self.val_windows, self.final_val_windows = val_windows, final_val_windows
         self.eval_batch_size = eval_batch_size or batch_size
+        self.verify_bins = verify_bins
         self.meta: dict | None = None
         self._prepared = False
 
@@ -120,7 +125,7 @@ class TokenDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if not self._prepared:  # train.py prepares before building the model; Lightning asks again
-            prepare_tokens(self.source, self.tokenizer, self.cache_dir, self.num_proc)
+            prepare_tokens(self.source, self.tokenizer, self.cache_dir, self.num_proc, self.verify_bins)
             self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
@@ -181,4 +186,27 @@ def text_data(
     """`data=text data.paths=[...]`: your own .txt/.jsonl/.parquet files (see `corpus.TextFiles`)."""
     source = TextFiles(list(paths), list(val_paths or []), val_fraction, text_field,
                        cache_dir=str(Path(settings["cache_dir"]) / "hf_datasets"))
+    return TokenDataModule(source, **settings)
+
+
+def hub_data(
+    name: str,
+    dataset_id: str,
+    revision: str,
+    config_name: str | None = None,
+    text_field: str = "text",
+    documents: str = "rows",
+    val_split: str | None = None,
+    val_fraction: float | None = None,
+    split_seed: int | None = None,
+    expected_rows: int | None = None,
+    streaming: bool = False,
+    data_files: Any = None,
+    **settings: Any,
+) -> TokenDataModule:
+    """`data=owt2|pg19|wikitext103`: a hub dataset at a pinned revision, or local files in its layout
+    (`data.data_files`); see `hub.HubDataset`."""
+    source = HubDataset(name, dataset_id, revision, config_name, text_field, documents, val_split, val_fraction,
+                        split_seed, expected_rows, streaming, data_files,
+                        cache_dir=str(Path(settings["cache_dir"]) / "hf_datasets"))
     return TokenDataModule(source, **settings)
