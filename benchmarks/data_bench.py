@@ -38,16 +38,21 @@ import torch  # noqa: E402
 
 from denselab.data import HubDataset, PythonStdlib  # noqa: E402
 from denselab.data.datamodule import TrainWindows  # noqa: E402
-from denselab.data.prepare import encode_documents, prepare_tokens  # noqa: E402
+from denselab.data.prepare import encode_documents, prepare_tokens, rebatch  # noqa: E402
 
 OWT2 = dict(name="owt2", dataset_id="vietgpt/the_pile_openwebtext2", revision="95270202e5635b381a2c960de426247ac9baaaca",
             val_fraction=0.0005, split_seed=2357)
 PAPER_TOKENS = 17e9  # OpenWebText2, paper §4: "around 17B tokens"
 
 
-def stdlib_documents(max_mb: float) -> list[str]:
+def read_documents(max_mb: float, text_files: list[str]) -> list[str]:
+    """Up to `max_mb` MB of documents: the standard library's files, or the paragraphs of `text_files`."""
+    if text_files:
+        texts = [p for f in text_files for p in Path(f).read_text(errors="replace").split("\n\n") if p.strip()]
+    else:
+        texts = PythonStdlib().load()["train"]["text"]
     docs, size = [], 0
-    for text in PythonStdlib().load()["train"]["text"]:
+    for text in texts:
         docs.append(text)
         size += len(text)
         if size >= max_mb * 1e6:
@@ -70,6 +75,12 @@ def bench_tokenization(docs: list[str], procs: list[int], work: Path) -> None:
     print(f"tiktoken alone, 1 process:           {n / dt:>12,.0f} tokens/s  ({n:,} tokens in {dt:.2f} s)")
     parquet = work / "owt2-layout.parquet"
     write_owt2_parquet(docs, parquet)
+    source = HubDataset(**OWT2, data_files=[str(parquet)], cache_dir=str(work / "hf-read"))
+    t0 = time.perf_counter()
+    read = sum(len(d) for _, batch in rebatch(source.batches()) for d in batch)
+    dt = time.perf_counter() - t0
+    print(f"reader alone (main process: load, split, read, batch; no tokenizing): {read / dt / 1e6:,.1f} M chars/s "
+          f"= {read / dt * n / chars:,.0f} tokens/s at this text's {chars / n:.2f} chars/token")
     for p in procs:
         source = HubDataset(**OWT2, data_files=[str(parquet)], cache_dir=str(work / f"hf{p}"))
         t0 = time.perf_counter()
@@ -78,9 +89,8 @@ def bench_tokenization(docs: list[str], procs: list[int], work: Path) -> None:
         tokens = sum(json.loads((directory / "meta.json").read_text())["tokens"].values())
         rate = tokens / dt
         print(f"preparation path, num_proc={p}:       {rate:>12,.0f} tokens/s  = {rate / p:,.0f} per worker "
-              f"({tokens:,} tokens in {dt:.2f} s, load + split + tokenize + write)")
-        print(f"   -> OpenWebText2 (~{PAPER_TOKENS / 1e9:.0f} B tokens) at this per-worker rate: "
-              f"{PAPER_TOKENS / (rate / p) / 3600 / 32:.1f} h with 32 workers (tokenizing only; download not included)")
+              f"({tokens:,} tokens in {dt:.2f} s: load, split, tokenize, write); "
+              f"OWT2's ~{PAPER_TOKENS / 1e9:.0f} B tokens = {PAPER_TOKENS / (rate / p) / 3600:.1f} worker-hours")
 
 
 MEMORY_PROBE = """
@@ -145,8 +155,7 @@ def bench_batches(model: str, bin_tokens: int, draws: int, steps: int, device: s
     from denselab.models import build_model, padded_vocab_size
     from denselab.optim import build_optimizer
 
-    overrides = ["data.tokenizer=gpt2"] + (["experiment=paper"] if model == "paper" else [])
-    cfg = compose(overrides)
+    cfg = compose(["data.tokenizer=gpt2"] + (["experiment=paper"] if model == "paper" else []))
     seq_len, micro = cfg.data.seq_len, cfg.data.batch_size
     print(f"\n== Batch drawing vs a training step: model={model} (depth {cfg.depth}, width {cfg.width}), "
           f"micro-batch {micro} x {seq_len}, GPT-2 vocabulary, {device} ==")
@@ -156,21 +165,22 @@ def bench_batches(model: str, bin_tokens: int, draws: int, steps: int, device: s
     with open(path, "wb") as f:
         for start in range(0, bin_tokens, 1 << 24):
             rng.integers(0, 50257, min(1 << 24, bin_tokens - start), dtype=np.uint16).tofile(f)
-    size_gb = path.stat().st_size / 1e9
 
-    def draw_times(cold: bool) -> list[float]:
-        loader = iter(DataLoader(TrainWindows(path, seq_len, micro, seed=0, start=10_000 * cold), batch_size=None))
-        next(loader)  # opens the memmap
+    def draw_time(seq: int, batch: int, cold: bool, first: int) -> float:
+        """Median time of `next()` on the training DataLoader, as Lightning calls it."""
+        loader = iter(DataLoader(TrainWindows(path, seq, batch, seed=0, start=first), batch_size=None))
+        next(loader)  # maps the file
         times = []
         for _ in range(draws):
             if cold:
                 evict(path)
             t0 = time.perf_counter()
-            x, y = next(loader)
+            next(loader)
             times.append(time.perf_counter() - t0)
-        return times
+        return statistics.median(times)
 
-    warm, cold = statistics.median(draw_times(False)), statistics.median(draw_times(True))
+    shapes = {f"{micro} x {seq_len} (model={model})": (seq_len, micro), "50 x 256 (the paper's micro-batch)": (256, 50)}
+    drawn = {name: (draw_time(*shape, False, 0), draw_time(*shape, True, 10**6)) for name, shape in shapes.items()}
 
     torch.manual_seed(0)
     net = build_model(cfg.model, padded_vocab_size(50257, cfg.model.vocab_multiple), device=device)
@@ -178,14 +188,12 @@ def bench_batches(model: str, bin_tokens: int, draws: int, steps: int, device: s
     opt = build_optimizer(net, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                           dwa_weight_decay=o.dwa_weight_decay, dwa_lr_scale=o.dwa_lr_scale)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
-    x, y = TrainWindows(path, seq_len, micro, seed=0).batch(0)
-    x, y = x.to(device), y.to(device)
+    x, y = (t.to(device) for t in TrainWindows(path, seq_len, micro, seed=0).batch(0))
 
     def step() -> None:
         with autocast:
             logits = net(x)
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss.backward()
+        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -202,18 +210,21 @@ def bench_batches(model: str, bin_tokens: int, draws: int, steps: int, device: s
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
 
-    print(f"train.bin: {bin_tokens:,} tokens ({size_gb:.2f} GB); medians over {draws} draws and {steps} steps")
-    print(f"draw one micro-batch, page cache warm: {warm * 1e3:8.3f} ms   = {100 * warm / step_s:6.3f} % of a step")
-    print(f"draw one micro-batch, cold (evicted):  {cold * 1e3:8.3f} ms   = {100 * cold / step_s:6.3f} % of a step")
-    print(f"one training step (fwd+bwd+AdamW):     {step_s * 1e3:8.1f} ms")
+    print(f"train.bin: {bin_tokens:,} tokens ({path.stat().st_size / 1e9:.2f} GB); medians of {draws} draws, {steps} steps")
+    print(f"one training step (fwd+bwd+AdamW), model={model}: {step_s * 1e3:,.1f} ms")
+    for name, (warm, cold) in drawn.items():
+        print(f"draw {name}: warm {warm * 1e3:.3f} ms, cold {cold * 1e3:.3f} ms (page cache evicted before each draw)"
+              f" -> under 1 % of any step longer than {100 * cold * 1e3:.1f} ms")
+    warm, cold = drawn[next(iter(drawn))]
     verdict = "under" if cold < 0.01 * step_s else "NOT under"
-    print(f"batch drawing is {verdict} 1 % of a step; it stays under 1 % for steps longer than "
-          f"{100 * cold * 1e3:.1f} ms (cold) / {100 * warm * 1e3:.2f} ms (warm)")
+    print(f"ratio for model={model}: warm {100 * warm / step_s:.4f} %, cold {100 * cold / step_s:.4f} % of a step "
+          f"-> {verdict} 1 %")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--text-mb", type=float, default=8.0, help="text for the tokenization benchmark")
+    parser.add_argument("--text-files", nargs="*", default=[], help="use these files' paragraphs as documents")
     parser.add_argument("--procs", default="1,2", help="tokenizer process counts to compare")
     parser.add_argument("--memory-mb", default="25,100", help="corpus sizes for the memory probe ('' skips it)")
     parser.add_argument("--model", choices=("main", "paper"), default="main")
@@ -228,7 +239,7 @@ def main() -> None:
     procs = [int(p) for p in args.procs.split(",")]
     with tempfile.TemporaryDirectory(prefix="denselab-bench-") as tmp:
         work = Path(tmp)
-        docs = stdlib_documents(args.text_mb)
+        docs = read_documents(args.text_mb, args.text_files)
         bench_tokenization(docs, procs, work)
         if args.memory_mb:
             bench_memory(docs, [float(s) for s in args.memory_mb.split(",")], max(procs), work)

@@ -230,7 +230,7 @@ class _BinWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def _regroup(batches: Iterator[tuple[str, list[str]]]) -> Iterator[tuple[str, list[str]]]:
+def rebatch(batches: Iterator[tuple[str, list[str]]]) -> Iterator[tuple[str, list[str]]]:
     """Consecutive documents of one split in batches of about BATCH_CHARS characters (a longer
     document is a batch of its own): tasks big enough to amortise inter-process transfer, small
     enough to bound memory."""
@@ -263,7 +263,7 @@ def _tokenize(source, tokenizer_name: str, num_proc: int, writers: dict[str, _Bi
         progress.update(n_docs)
         progress.set_postfix_str(f"{sum(w.tokens for w in writers.values()):,} tokens", refresh=False)
 
-    batches = _regroup(source.batches(num_proc=num_proc, announce_total=announce))
+    batches = rebatch(source.batches(num_proc=num_proc, announce_total=announce))
     try:
         if num_proc <= 1:
             for split, docs in batches:
