@@ -18,6 +18,7 @@ one document per file: real text that needs no download. Web text (OWT2) tokeniz
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -46,13 +47,14 @@ PAPER_TOKENS = 17e9  # OpenWebText2, paper §4: "around 17B tokens"
 
 
 def read_documents(max_mb: float, text_files: list[str]) -> list[str]:
-    """Up to `max_mb` MB of documents: the standard library's files, or the paragraphs of `text_files`."""
+    """About `max_mb` MB of documents: the standard library's files, or the paragraphs of `text_files`,
+    repeated as often as needed."""
     if text_files:
         texts = [p for f in text_files for p in Path(f).read_text(errors="replace").split("\n\n") if p.strip()]
     else:
         texts = PythonStdlib().load()["train"]["text"]
     docs, size = [], 0
-    for text in texts:
+    for text in itertools.cycle(texts):
         docs.append(text)
         size += len(text)
         if size >= max_mb * 1e6:
