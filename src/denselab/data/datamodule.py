@@ -40,7 +40,7 @@ class TrainWindows(IterableDataset):
     the kernel's readahead would otherwise read megabytes around each one (8 MB per window on the
     reference VM) — and every window of a micro-batch is requested at once (MADV_WILLNEED) before the
     copy, so a micro-batch of windows not yet in the page cache costs about one disk read, not one per
-    window (benchmarks/README.md: 87 ms → 0.3 ms for 16 cold windows there).
+    window (benchmarks/README.md: 64 ms → 0.46 ms for 16 cold windows on the reference VM).
     """
 
     def __init__(self, path: Path, seq_len: int, batch_size: int, seed: int, start: int = 0):
