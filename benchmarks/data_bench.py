@@ -41,8 +41,8 @@ from denselab.data import HubDataset, PythonStdlib  # noqa: E402
 from denselab.data.datamodule import TrainWindows  # noqa: E402
 from denselab.data.prepare import encode_documents, prepare_tokens, rebatch  # noqa: E402
 
-OWT2 = dict(name="owt2", dataset_id="vietgpt/the_pile_openwebtext2", revision="95270202e5635b381a2c960de426247ac9baaaca",
-            val_fraction=0.0005, split_seed=2357)
+OWT2 = dict(name="owt2", dataset_id="vietgpt/the_pile_openwebtext2",
+            revision="95270202e5635b381a2c960de426247ac9baaaca", val_fraction=0.0005, split_seed=2357)
 PAPER_TOKENS = 17e9  # OpenWebText2, paper §4: "around 17B tokens"
 
 
@@ -191,7 +191,8 @@ def bench_batches(model: str, bin_tokens: int, draws: int, steps: int, device: s
     o = cfg.optim
     opt = build_optimizer(net, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
                           dwa_weight_decay=o.dwa_weight_decay, dwa_lr_scale=o.dwa_lr_scale)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
+                else torch.autocast("cpu", enabled=False))
     x, y = (t.to(device) for t in TrainWindows(path, seq_len, micro, seed=0).batch(0))
 
     def step() -> None:
@@ -214,7 +215,8 @@ def bench_batches(model: str, bin_tokens: int, draws: int, steps: int, device: s
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
 
-    print(f"train.bin: {bin_tokens:,} tokens ({path.stat().st_size / 1e9:.2f} GB); medians of {draws} draws, {steps} steps")
+    print(f"train.bin: {bin_tokens:,} tokens ({path.stat().st_size / 1e9:.2f} GB); "
+          f"medians of {draws} draws, {steps} steps")
     print(f"one training step (fwd+bwd+AdamW), model={model}: {step_s * 1e3:,.1f} ms")
     for name, (warm, cold) in drawn.items():
         print(f"draw {name}: warm {warm * 1e3:.3f} ms, cold {cold * 1e3:.3f} ms (page cache evicted before each draw)"

@@ -287,7 +287,8 @@ class HubDataset:
         if columns is None:
             return ds
         if self.text_field not in columns:
-            raise ConfigError(f"data.text_field={self.text_field!r}: not a column of {self._where()} (columns: {columns})")
+            raise ConfigError(f"data.text_field={self.text_field!r}: not a column of {self._where()} "
+                              f"(columns: {columns})")
         return ds.select_columns([self.text_field])
 
     def _where(self) -> str:

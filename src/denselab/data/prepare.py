@@ -122,7 +122,8 @@ def invalid_reason(directory: Path, expected: dict, verify: str = "auto") -> str
         return "meta.json is unreadable"
     for key, value in expected.items():
         if meta.get(key) != value:
-            return f"meta.json differs in '{key}' ({_difference(meta.get(key), value, key)}): source or settings changed"
+            detail = _difference(meta.get(key), value, key)
+            return f"meta.json differs in '{key}' ({detail}): source or settings changed"
     sizes = {}
     for split in SPLITS:
         path = directory / f"{split}.bin"
