@@ -15,10 +15,11 @@ TABLES := table1 table2 table3 table4 table5 table6 table7 table8 longseq
 FIGURES := fig2b fig3 fig3c fig4 fig5 fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig14 fig15
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all sweep aggregate tensorboard clean clean-all report figures all $(TABLES) $(FIGURES)
+.PHONY: help install train test test-all sweep aggregate tensorboard data-owt2 data-pg19 data-wikitext103 bench-data \
+	clean clean-all report figures all $(TABLES) $(FIGURES)
 
 help:  ## list the targets
-	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +70,18 @@ report: install  ## redraw a report from its runs: make report E=table1 SCALE=mi
 
 tensorboard: install  ## serve TensorBoard over every run and sweep in logs/
 	$(VENV)/bin/tensorboard --logdir logs
+
+data-owt2: install  ## download + tokenize OpenWebText2 once into data/owt2-gpt2/ (needs internet; all cores)
+	$(PY) -m denselab.data data=owt2 $(ARGS)
+
+data-pg19: install  ## download + tokenize PG-19 once into data/pg19-gpt2/ (needs internet)
+	$(PY) -m denselab.data data=pg19 $(ARGS)
+
+data-wikitext103: install  ## download + tokenize WikiText-103 (raw) once into data/wikitext103-gpt2/ (needs internet)
+	$(PY) -m denselab.data data=wikitext103 $(ARGS)
+
+bench-data: install  ## print tokenization tokens/s per worker and batch-draw time vs a training step
+	$(PY) benchmarks/data_bench.py $(ARGS)
 
 clean:  ## delete logs/ (runs, sweeps, checkpoints); keeps the token cache and .venv
 	rm -rf logs .pytest_cache

@@ -122,3 +122,25 @@ def test_experiment_readme_lists_each_scale_with_its_measured_time(tmp_path):
     assert text.startswith("# table1\n\nTable 1 (paper §4)")
     assert "make table1 SCALE=mini" in text
     assert "| mini | 24 / 24 | 0 | 42.0 min | 40.0 min | 2-core x86_64 CPU, torch 2.13.0+cpu | 0123456789 |" in text
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_run_of_the_experiment_is_valid_at_the_papers_scale(name):
+    """The paper-scale jobs (GPU jobs, not trained here) pass every config check, model built on meta."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from denselab.config import register_resolvers, validate_config
+    from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
+
+    register_resolvers()
+    base = [f"experiment={name}", "scale=paper"] + (["data=pg19"] if name == "table4" else [])
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        rows = OmegaConf.to_container(compose("config", overrides=base, return_hydra_config=True).hydra.sweeper.rows)
+        jobs = expand_rows(rows, base)
+        for job in jobs:
+            cfg = compose("config", overrides=job)
+            validate_config(cfg, job)
+            assert cfg.data.tokenizer == "gpt2" and cfg.trainer.precision == "bf16-mixed"
+            assert cfg.data.batch_size * cfg.trainer.accumulate_grad_batches == cfg.paper.batch_size
+    assert jobs

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -80,6 +82,7 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("denselab.scale_width", scaled_width, replace=True)
     OmegaConf.register_new_resolver("denselab.div", exact_div, replace=True)
     OmegaConf.register_new_resolver("denselab.mul", lambda a, b: int(a) * int(b), replace=True)
+    OmegaConf.register_new_resolver("denselab.cpu_count", lambda: os.cpu_count() or 1, replace=True)
     OmegaConf.register_new_resolver("denselab.micro_batch", micro_batch, replace=True)
     OmegaConf.register_new_resolver("denselab.dirname", dirname, replace=True)
     OmegaConf.register_new_resolver("denselab.sweep_dirname", sweep_dirname, replace=True)
@@ -250,6 +253,18 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     _require(cfg, "data.num_proc", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     for key in ("data.val_windows", "data.final_val_windows"):
         _require(cfg, key, lambda v: v is None or (_is_int(v) and v >= 1), "null (all windows) or integers >= 1")
+    from denselab.data.prepare import VERIFY_MODES
+
+    _require(cfg, "data.verify_bins", lambda v: v in VERIFY_MODES, f"one of {', '.join(VERIFY_MODES)}")
+    if _exists(cfg, "data.dataset_id"):  # a hub corpus: its own checks, the ones preparation would make
+        from denselab.data.hub import HubDataset
+
+        for key in ("data.name", "data.dataset_id", "data.revision"):
+            if _missing(cfg, key):
+                raise ConfigError(f"{key} is not set: allowed a non-empty string")
+        settings = OmegaConf.to_container(cfg.data, resolve=True)
+        HubDataset(**{k: settings[k] for k in inspect.signature(HubDataset).parameters
+                      if k in settings and k != "cache_dir"})
     if _exists(cfg, "data.paths"):
         if _missing(cfg, "data.paths"):
             raise ConfigError("data.paths is not set: data=text needs data.paths=[file.txt,file.jsonl,...]")

@@ -34,6 +34,14 @@ def _umask() -> int:
     return mask
 
 
+def display_path(path: str | Path) -> str:
+    """`path` relative to the working directory when it lies below it (data/owt2-gpt2), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -68,7 +68,7 @@ def run_hparams(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     hp: dict[str, Any] = {"model": cfg.model.name}
     hp.update({k: (cfg[k] if k in used else None) for k in SHORTHANDS})
     hp.update(
-        data=cfg.data.get("_target_", "").rsplit(".", 1)[-1].removesuffix("_data"),
+        data=cfg.data.get("name") or cfg.data.get("_target_", "").rsplit(".", 1)[-1].removesuffix("_data"),
         tokenizer=cfg.data.tokenizer,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         experiment=cfg.get("experiment_name"),

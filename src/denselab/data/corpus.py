@@ -1,9 +1,14 @@
 """Text sources, each giving a train and a validation `datasets.Dataset` of documents (column "text").
 
+Every source has the interface the token cache (`prepare.py`) uses: `name`, `cache_key()` (the
+prepared directory's name), `fingerprint()` (see below), `check_available(directory)` (raise a
+ConfigError when the documents cannot be read here) and `batches()` (the documents of both splits).
+
 * `PythonStdlib` — the default corpus: the source files of the Python standard library that ships
   with the running interpreter. Real text (code, docstrings, comments) written by the CPython
   developers, no download, identical on every machine with the same Python build.
 * `TextFiles` — bring your own .txt / .jsonl / .parquet files, loaded with `datasets`.
+* `hub.HubDataset` — OpenWebText2, PG-19, WikiText-103 (or local files in their layout).
 
 A source also gives a `fingerprint()`: a checksum of its content and the settings that shape it,
 which the token cache (`prepare.py`) compares before reusing a tokenization.
@@ -15,9 +20,12 @@ import hashlib
 import platform
 import sysconfig
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
+
+from denselab.config import ConfigError
 
 # Path components never taken from the standard library: third-party packages and test suites
 # (the test suites are large, repetitive and full of deliberately odd text).
@@ -29,10 +37,23 @@ class CorpusError(ValueError):
     """A data source that cannot be used as configured."""
 
 
+ROWS_PER_READ = 256
+
+
 def _sha256_file(path: Path, h: "hashlib._Hash") -> None:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+
+
+def split_batches(splits: dict[str, datasets.Dataset], announce_total: Callable[[int], None] | None = None
+                  ) -> Iterator[tuple[str, list[str]]]:
+    """(split, documents) batches of the "val" then the "train" Dataset (column "text"), in order."""
+    if announce_total:
+        announce_total(sum(len(splits[s]) for s in ("val", "train")))
+    for split in ("val", "train"):
+        for batch in splits[split].select_columns(["text"]).iter(batch_size=ROWS_PER_READ):
+            yield split, batch["text"]
 
 
 class PythonStdlib:
@@ -77,6 +98,14 @@ class PythonStdlib:
             "source_sha256": h.hexdigest(),
             "split_rule": f"crc32(relative path) % 100 < {self.val_percent} -> val",
         }
+
+    def check_available(self, directory: Path) -> None:
+        if not self.root.is_dir():
+            raise ConfigError(f"data=stdlib: the standard library folder {self.root} does not exist")
+
+    def batches(self, num_proc: int = 1, announce_total: Callable[[int], None] | None = None
+                ) -> Iterator[tuple[str, list[str]]]:
+        return split_batches(self.load(), announce_total)
 
     def load(self) -> dict[str, datasets.Dataset]:
         splits: dict[str, dict[str, list[str]]] = {"train": {"path": [], "text": []}, "val": {"path": [], "text": []}}
@@ -161,6 +190,15 @@ class TextFiles:
             parts.append(ds.select_columns([self.text_field]).rename_column(self.text_field, "text")
                          if self.text_field != "text" else ds.select_columns(["text"]))
         return datasets.concatenate_datasets(parts)
+
+    def check_available(self, directory: Path) -> None:
+        for p in self.paths + self.val_paths:
+            if not Path(p).is_file():
+                raise ConfigError(f"data.paths: {p} does not exist")
+
+    def batches(self, num_proc: int = 1, announce_total: Callable[[int], None] | None = None
+                ) -> Iterator[tuple[str, list[str]]]:
+        return split_batches(self.load(), announce_total)
 
     def load(self) -> dict[str, datasets.Dataset]:
         train = self._load_files(self.paths)

@@ -3,11 +3,19 @@
 Layout of a prepared directory `<cache_dir>/<source key>-<tokenizer>/`:
 
     train.bin, val.bin   the token ids of every document followed by the end-of-text token, uint16
-    meta.json            what was tokenized and how (see `expected_meta`), and the token counts
+    meta.json            what was tokenized and how (see `expected_meta`), token and document counts,
+                         and the SHA-256 of each bin
 
-`meta.json` is written last and atomically, after both bins are in place, and deleted first when a
-rebuild starts: a directory is valid exactly when its meta.json equals what the config asks for and
-the bins have the sizes it records. An interrupted preparation therefore never looks valid.
+Writing: the source's documents stream in batches to `num_proc` tokenizer processes, and each batch's
+tokens are appended, in order, to `train.bin.tmp` / `val.bin.tmp` while their SHA-256 is updated, so
+memory stays bounded (a few batches of ~1 MB of text per process) however large the corpus, and the
+corpus length need not be known up front (streaming). At the end both files are fsynced and renamed to
+`*.bin`, and `meta.json` is written last, atomically. `meta.json` is deleted before a rebuild starts.
+
+Reuse: a directory is valid exactly when its meta.json equals what the config asks for (`expected_meta`)
+and the bins have the sizes it records; with `verify="full"` (or "auto" and bins of at most 1 GiB) their
+SHA-256 must also match. An interrupted preparation has no meta.json (and `.tmp` files at most), so it
+never looks valid; it is redone, with the reason logged.
 """
 
 from __future__ import annotations
@@ -15,26 +23,46 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
-import datasets
 import numpy as np
 from filelock import FileLock
+from tqdm.auto import tqdm
 
+import denselab
+from denselab.config import ConfigError
 from denselab.data.tokenizers import get_tokenizer
-from denselab.io import atomic_write_json
+from denselab.io import atomic_write_json, display_path
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+VERIFY_MODES = ("auto", "full", "size")
+AUTO_VERIFY_MAX_BYTES = 1 << 30   # "auto" hashes the bins on reuse up to this total size (~1 s)
+BATCH_CHARS = 1 << 20             # characters of text per tokenizer task
+NOT_PREPARED = "not prepared yet"
 
 
-def _tokenize_batch(batch: dict, tokenizer_name: str) -> dict:
+def encode_documents(tokenizer_name: str, texts: list[str]) -> np.ndarray:
+    """The token ids of `texts`, each document followed by the end-of-text token, as one uint16 array."""
     tok = get_tokenizer(tokenizer_name)
-    ids = [tok.encode(text) + [tok.eot_token] for text in batch["text"]]
-    return {"ids": ids, "n_tokens": [len(x) for x in ids]}
+    encoded = tok.encode_batch(texts) if hasattr(tok, "encode_batch") else [tok.encode(t) for t in texts]
+    ids = np.empty(sum(len(x) for x in encoded) + len(encoded), dtype=np.uint32)
+    pos = 0
+    for doc in encoded:
+        ids[pos : pos + len(doc)] = doc
+        ids[pos + len(doc)] = tok.eot_token
+        pos += len(doc) + 1
+    if ids.size and ids.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"tokenizer={tokenizer_name}: a token id does not fit in uint16")
+    return ids.astype(np.uint16)
 
 
 def expected_meta(source, tokenizer_name: str) -> dict:
@@ -55,37 +83,88 @@ def prepared_dir(source, tokenizer_name: str, cache_dir: str | Path) -> Path:
     return Path(cache_dir) / f"{source.cache_key()}-{tokenizer_name}"
 
 
-def invalid_reason(directory: Path, expected: dict) -> str | None:
-    """Why `directory` cannot be reused (None when it can)."""
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _difference(prepared, asked, path: str) -> str | None:
+    """The first key path at which two JSON values differ, with both values; None when equal."""
+    if isinstance(prepared, dict) and isinstance(asked, dict):
+        for key in sorted(set(prepared) | set(asked), key=str):
+            found = _difference(prepared.get(key), asked.get(key), f"{path}.{key}")
+            if found:
+                return found
+        return None
+    return None if prepared == asked else f"{path}: prepared {_short(prepared)}, asked {_short(asked)}"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def invalid_reason(directory: Path, expected: dict, verify: str = "auto") -> str | None:
+    """Why `directory` cannot be reused (None when it can). `verify`: "size" checks the bins' sizes,
+    "full" also their SHA-256, "auto" the SHA-256 only when the bins total at most 1 GiB."""
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
-        return "no complete preparation found" if directory.exists() else "not prepared yet"
+        if not directory.exists():
+            return NOT_PREPARED
+        partial = sorted(p.name for p in directory.glob("*.tmp"))
+        return "no complete preparation found" + (f" (an interrupted one left {', '.join(partial)})" if partial else "")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError:
         return "meta.json is unreadable"
     for key, value in expected.items():
         if meta.get(key) != value:
-            return f"meta.json differs in '{key}' (source or settings changed)"
+            detail = _difference(meta.get(key), value, key)
+            return f"meta.json differs in '{key}' ({detail}): source or settings changed"
+    sizes = {}
     for split in SPLITS:
         path = directory / f"{split}.bin"
         want = meta["tokens"][split] * np.dtype(np.uint16).itemsize
-        if not path.is_file() or path.stat().st_size != want:
-            return f"{split}.bin is missing or has the wrong size"
+        sizes[split] = path.stat().st_size if path.is_file() else None
+        if sizes[split] != want:
+            return (f"{split}.bin is missing or has the wrong size ({sizes[split]} bytes, meta.json records "
+                    f"{want:,}): truncated or still being written")
+    if verify == "full" or (verify == "auto" and sum(sizes.values()) <= AUTO_VERIFY_MAX_BYTES):
+        for split in SPLITS:
+            if file_sha256(directory / f"{split}.bin") != meta["bin_sha256"][split]:
+                return f"{split}.bin does not match its SHA-256 in meta.json: corrupted"
     return None
 
 
-def prepare_tokens(source, tokenizer_name: str, cache_dir: str | Path, num_proc: int = 1) -> Path:
-    """Return a valid prepared directory for (source, tokenizer), tokenizing only if needed."""
+def prepare_tokens(source, tokenizer_name: str, cache_dir: str | Path, num_proc: int = 1,
+                   verify: str = "auto") -> Path:
+    """Return a valid prepared directory for (source, tokenizer), tokenizing only if needed.
+
+    Raises ConfigError, before anything is deleted or downloaded, when the directory must be
+    (re)built and the source cannot be read here (a hub dataset without network access)."""
+    if verify not in VERIFY_MODES:
+        raise ConfigError(f"data.verify_bins={verify!r}: allowed {', '.join(VERIFY_MODES)}")
     directory = prepared_dir(source, tokenizer_name, cache_dir)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):  # concurrent jobs of a sweep wait for one preparation
         expected = expected_meta(source, tokenizer_name)
-        reason = invalid_reason(directory, expected)
+        reason = invalid_reason(directory, expected, verify)
         if reason is None:
             log.info("Reusing tokenized data in %s", directory)
             return directory
-        log.info("Tokenizing %s with %s into %s (%s)", source.name, tokenizer_name, directory, reason)
+        try:
+            source.check_available(directory)
+        except ConfigError as e:
+            shown = display_path(directory)
+            state = f"not prepared in {shown}" if reason == NOT_PREPARED else f"{shown} is unusable ({reason})"
+            raise ConfigError(f"data={source.name}: {state} and {e}") from None
+        if reason == NOT_PREPARED:
+            log.info("Tokenizing %s with %s into %s (%s)", source.name, tokenizer_name, directory, reason)
+        else:
+            log.warning("Preparing %s again: %s", directory, reason)
         _build(directory, source, tokenizer_name, expected, num_proc)
         return directory
 
@@ -93,44 +172,113 @@ def prepare_tokens(source, tokenizer_name: str, cache_dir: str | Path, num_proc:
 def _build(directory: Path, source, tokenizer_name: str, expected: dict, num_proc: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "meta.json").unlink(missing_ok=True)  # invalid from here until the end
-    splits = source.load()
-    tokens, documents, bin_sha256 = {}, {}, {}
-    for split in SPLITS:
-        docs = splits[split]
-        tokenized = docs.map(
-            _tokenize_batch,
-            batched=True,
-            fn_kwargs={"tokenizer_name": tokenizer_name},
-            remove_columns=docs.column_names,
-            num_proc=num_proc if num_proc > 1 and len(docs) > 1 else None,
-            desc=f"tokenizing {split} ({tokenizer_name})",
-        )
-        tokens[split], bin_sha256[split] = _write_bin(tokenized, directory / f"{split}.bin")
-        documents[split] = len(docs)
-    meta = dict(expected, tokens=tokens, documents=documents, bin_sha256=bin_sha256)
+    for stale in directory.glob("*.tmp"):  # left by an interrupted preparation
+        stale.unlink()
+    started = time.perf_counter()
+    writers = {split: _BinWriter(directory / f"{split}.bin") for split in SPLITS}
+    try:
+        _tokenize(source, tokenizer_name, num_proc, writers)
+        for split, writer in writers.items():
+            if writer.tokens == 0:
+                raise ValueError(f"{split}.bin: the {split} split holds no documents")
+        for writer in writers.values():
+            writer.commit()
+    finally:
+        for writer in writers.values():
+            writer.discard()  # a no-op after commit
+    meta = dict(
+        expected,
+        tokens={s: w.tokens for s, w in writers.items()},
+        documents={s: w.documents for s, w in writers.items()},
+        bin_sha256={s: w.sha256 for s, w in writers.items()},
+        prepared_at=datetime.now(timezone.utc).isoformat(),
+        prepare_seconds=round(time.perf_counter() - started, 1),
+        tokenizer_processes=num_proc,
+        denselab_version=denselab.__version__,
+    )
     atomic_write_json(directory / "meta.json", meta)
-    log.info("Prepared %s: %s train / %s val tokens", directory, f"{tokens['train']:,}", f"{tokens['val']:,}")
+    log.info("Prepared %s: %s train / %s val tokens", directory, f"{meta['tokens']['train']:,}",
+             f"{meta['tokens']['val']:,}")
 
 
-def _write_bin(tokenized: datasets.Dataset, path: Path) -> tuple[int, str]:
-    """Write the concatenated "ids" of `tokenized` to `path` (via a temporary file), chunk by chunk."""
-    n = int(sum(tokenized["n_tokens"]))
-    if n == 0:
-        raise ValueError(f"{path.name}: the split holds no text")
-    tmp = path.with_name(path.name + ".tmp")
-    arr = np.memmap(tmp, dtype=np.uint16, mode="w+", shape=(n,))
-    pos = 0
-    for chunk in tokenized.data.column("ids").chunks:  # pyarrow list<int64> chunks: bounded memory
-        values = chunk.flatten().to_numpy()
-        if values.size and values.max() > np.iinfo(np.uint16).max:
-            raise ValueError("token id does not fit in uint16")
-        arr[pos : pos + values.size] = values
-        pos += values.size
-    assert pos == n, (pos, n)
-    arr.flush()
-    digest = hashlib.sha256(memoryview(arr)).hexdigest()
-    del arr
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n, digest
+class _BinWriter:
+    """Appends uint16 token arrays to `<path>.tmp`, counting and hashing them; `commit` renames it."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
+        self.file = open(self.tmp, "wb")
+        self.hash = hashlib.sha256()
+        self.tokens = self.documents = 0
+        self.sha256: str | None = None
+
+    def write(self, ids: np.ndarray, documents: int) -> None:
+        data = ids.tobytes()
+        self.file.write(data)
+        self.hash.update(data)
+        self.tokens += ids.size
+        self.documents += documents
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        self.sha256 = self.hash.hexdigest()
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def rebatch(batches: Iterator[tuple[str, list[str]]]) -> Iterator[tuple[str, list[str]]]:
+    """Consecutive documents of one split in batches of about BATCH_CHARS characters (a longer
+    document is a batch of its own): tasks big enough to amortise inter-process transfer, small
+    enough to bound memory."""
+    split, docs, chars = None, [], 0
+    for batch_split, texts in batches:
+        for text in texts:
+            if docs and (batch_split != split or chars >= BATCH_CHARS):
+                yield split, docs
+                docs, chars = [], 0
+            split = batch_split
+            docs.append(text)
+            chars += len(text)
+    if docs:
+        yield split, docs
+
+
+def _tokenize(source, tokenizer_name: str, num_proc: int, writers: dict[str, _BinWriter]) -> None:
+    """Stream the source's documents through `num_proc` tokenizer processes into the writers, in order.
+
+    At most 2·num_proc batches are in flight, so memory does not grow with the corpus."""
+    progress = tqdm(desc=f"tokenizing {source.name} ({tokenizer_name}, {num_proc} proc)", unit=" doc",
+                    mininterval=2.0, smoothing=0.05)
+
+    def announce(total: int) -> None:
+        progress.total = total
+        progress.refresh()
+
+    def write(split: str, ids: np.ndarray, n_docs: int) -> None:
+        writers[split].write(ids, n_docs)
+        progress.update(n_docs)
+        progress.set_postfix_str(f"{sum(w.tokens for w in writers.values()):,} tokens", refresh=False)
+
+    batches = rebatch(source.batches(num_proc=num_proc, announce_total=announce))
+    try:
+        if num_proc <= 1:
+            for split, docs in batches:
+                write(split, encode_documents(tokenizer_name, docs), len(docs))
+            return
+        with multiprocessing.get_context().Pool(num_proc) as pool:
+            pending: deque = deque()
+            for split, docs in batches:
+                pending.append((split, len(docs), pool.apply_async(encode_documents, (tokenizer_name, docs))))
+                if len(pending) >= 2 * num_proc:
+                    split_done, n_docs, result = pending.popleft()
+                    write(split_done, result.get(), n_docs)
+            while pending:
+                split_done, n_docs, result = pending.popleft()
+                write(split_done, result.get(), n_docs)
+    finally:
+        progress.close()
