@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from denselab.config import register_resolvers
 from denselab.lit_module import LanguageModel
-from denselab.models import DWA, GPT, build_model, count_parameters
+from denselab.models import DWA, GPT, build_model
 from denselab.models.catalog import node_names, parameter_rows
 from denselab.optim import build_optimizer
 from tests.conftest import REPO

@@ -210,7 +210,7 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
             )
 
     net = "model.net"
-    depth = _require(cfg, f"{net}.depth", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, f"{net}.depth", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     width = _require(cfg, f"{net}.width", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     heads = _require(cfg, f"{net}.n_heads", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     if width is not None and heads is not None:

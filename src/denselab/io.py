@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -40,6 +41,19 @@ def display_path(path: str | Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def hash_file(path: str | Path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
+    """Feed a file's bytes into `h` (a new sha256 when None), 4 MiB at a time; returns `h`."""
+    h = h if h is not None else hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h
+
+
+def sha256_file(path: str | Path) -> str:
+    return hash_file(path).hexdigest()
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import datasets
 
 from denselab.config import ConfigError
+from denselab.io import hash_file
 
 # Path components never taken from the standard library: third-party packages and test suites
 # (the test suites are large, repetitive and full of deliberately odd text).
@@ -38,12 +39,6 @@ class CorpusError(ValueError):
 
 
 ROWS_PER_READ = 256
-
-
-def _sha256_file(path: Path, h: "hashlib._Hash") -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
 
 
 def split_batches(splits: dict[str, datasets.Dataset], announce_total: Callable[[int], None] | None = None
@@ -87,7 +82,7 @@ class PythonStdlib:
         h = hashlib.sha256()
         for rel in files:
             h.update(rel.encode() + b"\0")
-            _sha256_file(self.root / rel, h)
+            hash_file(self.root / rel, h)
         return {
             "source": self.name,
             "python_version": platform.python_version(),
@@ -168,7 +163,7 @@ class TextFiles:
         for p in self.paths + ["--val--"] + self.val_paths:
             h.update(p.encode() + b"\0")
             if p != "--val--":
-                _sha256_file(Path(p), h)
+                hash_file(p, h)
         return {
             "source": self.name,
             "paths": self.paths,

@@ -39,7 +39,7 @@ import datasets
 import numpy as np
 
 from denselab.config import ConfigError
-from denselab.io import display_path
+from denselab.io import display_path, sha256_file
 
 # Builders of `datasets` for local files in a hub dataset's layout, by file extension.
 FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -75,14 +75,6 @@ def hub_unreachable_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
         why = getattr(e, "reason", e)
         return f"{endpoint} did not answer within {timeout:g} s: {why}"
     return None
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def wikitext_articles(rows: Iterable[str]) -> Iterator[str]:
@@ -232,7 +224,7 @@ class HubDataset:
         document rules, the text field, and for local files their content checksums."""
         files = None
         if self.data_files is not None:
-            files = {split: [{"path": f, "bytes": Path(f).stat().st_size, "sha256": _sha256_file(Path(f))}
+            files = {split: [{"path": f, "bytes": Path(f).stat().st_size, "sha256": sha256_file(f)}
                              for f in fs] for split, fs in sorted(self.data_files.items())}
         return {
             "source": "hub" if files is None else f"local files ({self.builder}) in the layout of the hub dataset",

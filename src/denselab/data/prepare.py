@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 import denselab
 from denselab.config import ConfigError
 from denselab.data.tokenizers import get_tokenizer
-from denselab.io import atomic_write_json, display_path
+from denselab.io import atomic_write_json, display_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,6 @@ def _difference(prepared, asked, path: str) -> str | None:
     return None if prepared == asked else f"{path}: prepared {_short(prepared)}, asked {_short(asked)}"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def invalid_reason(directory: Path, expected: dict, verify: str = "auto") -> str | None:
     """Why `directory` cannot be reused (None when it can). `verify`: "size" checks the bins' sizes,
     "full" also their SHA-256, "auto" the SHA-256 only when the bins total at most 1 GiB."""
@@ -134,7 +126,7 @@ def invalid_reason(directory: Path, expected: dict, verify: str = "auto") -> str
                     f"{want:,}): truncated or still being written")
     if verify == "full" or (verify == "auto" and sum(sizes.values()) <= AUTO_VERIFY_MAX_BYTES):
         for split in SPLITS:
-            if file_sha256(directory / f"{split}.bin") != meta["bin_sha256"][split]:
+            if sha256_file(directory / f"{split}.bin") != meta["bin_sha256"][split]:
                 return f"{split}.bin does not match its SHA-256 in meta.json: corrupted"
     return None
 
