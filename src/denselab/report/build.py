@@ -116,12 +116,14 @@ def alpha_evolution(runs: list[Run], cfg: DictConfig, title: str, stem: Path) ->
     history = json.loads((chosen[0].dir / "alpha_history.json").read_text()) if chosen else {}
     ratio = cfg.steps / cfg.paper.steps
     panels, rows = [], []
+    snapshots = sorted(int(s) for s in history)
     for paper_step in cfg.report.paper_steps:
-        step = str(max(0, round(paper_step * ratio)) if paper_step else 0)
-        alpha = np.array(history[step]) if step in history else None
+        # the snapshot nearest to the paper's step, scaled (snapshots are every scaled 1000 paper steps)
+        step = min(snapshots, key=lambda s: abs(s - paper_step * ratio)) if snapshots else None
+        alpha = np.array(history[str(step)]) if step is not None else None
         panels.append((f"paper step {paper_step} (step {step})", alpha))
         if alpha is not None:
-            rows += [{"paper_step": paper_step, "step": int(step), "dwa_index": i, "source": j, "alpha": alpha[i, j]}
+            rows += [{"paper_step": paper_step, "step": step, "dwa_index": i, "source": j, "alpha": alpha[i, j]}
                      for i in range(alpha.shape[0]) for j in range(i + 1)]
     return [_write_csv(pd.DataFrame(rows), Path(f"{stem}.csv")),
             figures.heatmaps(panels, f"{title}: {name}", Path(f"{stem}.png"))]
