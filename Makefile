@@ -15,7 +15,7 @@ TABLES := table1 table2 table3 table4 table5 table6 table7 table8 longseq
 FIGURES := fig2b fig3 fig3c fig4 fig5 fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig14 fig15
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all sweep aggregate tensorboard data-owt2 data-pg19 data-wikitext103 bench-data \
+.PHONY: help install train test test-all sweep aggregate tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-data \
 	clean clean-all report figures all $(TABLES) $(FIGURES)
 
 help:  ## list the targets
@@ -79,6 +79,9 @@ data-pg19: install  ## download + tokenize PG-19 once into data/pg19-gpt2/ (need
 
 data-wikitext103: install  ## download + tokenize WikiText-103 (raw) once into data/wikitext103-gpt2/ (needs internet)
 	$(PY) -m denselab.data data=wikitext103 $(ARGS)
+
+bench: install  ## DWA speed: Transformer vs naive vs App. A.2 vs ours, compile, decoding (CSV in experiments/bench/)
+	$(PY) benchmarks/dwa_bench.py $(ARGS)
 
 bench-data: install  ## print tokenization tokens/s per worker and batch-draw time vs a training step
 	$(PY) benchmarks/data_bench.py $(ARGS)

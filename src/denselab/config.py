@@ -225,6 +225,7 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
         _require(cfg, f"{mixer}.dilation", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.period", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.semantics", lambda v: v in ("paper", "official"), "one of paper, official")
+        _require(cfg, f"{mixer}.implementation", lambda v: v in ("fast", "reference"), "one of fast, reference")
         _require(cfg, f"{mixer}.k", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.streams", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.block_size", lambda v: v is None or (_is_int(v) and v >= 1),
@@ -297,6 +298,7 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     _require(cfg, "speed.warmup", lambda v: _is_int(v) and v >= 0, "integers >= 0")
     _require(cfg, "num_threads", lambda v: v is None or (_is_int(v) and v >= 1), "null or integers >= 1")
     _require(cfg, "ckpt_path", lambda v: v is None or isinstance(v, str), "null (fresh start), 'last' or a .ckpt path")
+    _require(cfg, "compile", lambda v: isinstance(v, bool), "true or false")
 
     # Last, the model itself, built on the meta device (no memory, no compute): constructor checks
     # and whether it has depth-mixing parameters at all.

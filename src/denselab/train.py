@@ -184,6 +184,10 @@ def _train(cfg: DictConfig, overrides: list[str], out: Path) -> dict[str, Any]:
     vocab_size = padded_vocab_size(datamodule.vocab_size, cfg.model.vocab_multiple)
 
     net = build_model(cfg.model, vocab_size)
+    if cfg.get("compile"):
+        # In place (nn.Module.compile), so parameter names and checkpoints are those of the eager model.
+        net.compile()
+        print("[denselab] compile=true: the model runs through torch.compile (the first steps compile it)")
     params = count_parameters(net)
     print(f"[denselab] model={cfg.model.name}: {params['total']:,} parameters "
           f"({params['dwa']:,} depth-mixing, {params['embedding']:,} in the tied embedding), vocab {vocab_size:,}")

@@ -19,8 +19,8 @@ from denselab.models.dwa import DWA
 class ConnectToLast(DWA):
     """One DWA, after block d, over X_0..X_d."""
 
-    def __init__(self, depth: int):
-        super().__init__(depth)
+    def __init__(self, depth: int, implementation: str = "fast"):
+        super().__init__(depth, implementation=implementation)
 
     def _dwa_depths(self) -> list[int]:
         return [self.depth]
@@ -29,4 +29,5 @@ class ConnectToLast(DWA):
         return range(0, i + 1)
 
     def extra_repr(self) -> str:
-        return f"depth={self.depth}, alphas={self.depth + 1}"
+        impl = "fast" if self.uses_fast_path else "reference"
+        return f"depth={self.depth}, alphas={self.depth + 1}, {impl}"

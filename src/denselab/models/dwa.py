@@ -23,24 +23,40 @@ experiments/models/denseformer.py), which differs from the formula when p > 1: i
 row, keeps only the outputs at DWA points (X_0, X_p, X_2p, ...) and applies the dilation to the
 DWA-step index, i.e.  S_i = {j ≤ i | j ≡ i (mod k·p)}  for p | i. At p = 1 both are the same.
 
-This is the readable reference implementation: one fused multiply-add (`torch.addcmul`) per
-source over references to the stored block outputs (no stacking or copying), keeping only the
-outputs some later DWA reads. Autograd saves only tensors the blocks keep for their own backward
-anyway, so the extra training memory is the DWA outputs themselves.
+Two implementations of the same formula (`implementation=`):
+
+* "reference" — the readable one: one fused multiply-add (`torch.addcmul`) per source over
+  references to the stored block outputs. Autograd then does the backward, one node per source.
+* "fast" (default) — the same sums as matrix products over contiguous buffers, with a hand-written
+  backward; see "The fast scheme" below. Used for every pattern whose DWAs read *prefixes of lanes*
+  (kxp in both semantics, connect_to_last); other patterns (last_k) run the reference. Without
+  autograd and on small tensors (token-by-token decoding) it runs `_lean_forward`, the same sums with
+  the least Python per step.
+
+Under `torch.compile` the reference runs whatever `implementation` says: it traces into one graph
+and Inductor fuses the sums itself (benchmarks/README.md, "compile").
+
+Both are exact (tests/test_dwa.py, tests/test_dwa_fast.py compare them with the formula written out
+naively, values and gradients) and both keep, for the backward, nothing but the block outputs some
+DWA reads: one (B, T, C) tensor per DWA step beyond what the Transformer keeps.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from denselab.models.gpt import Rotary
 
 log = logging.getLogger(__name__)
 
 SEMANTICS = ("paper", "official")
+IMPLEMENTATIONS = ("fast", "reference")
 
 
 class DWA(nn.Module):
@@ -51,15 +67,20 @@ class DWA(nn.Module):
         dilation: k ≥ 1, DWA_i averages only the X_j with j ≡ i (mod k)  (§3.2).
         period: p ≥ 1, a DWA follows block i only when p | i             (§3.3).
         semantics: "paper" (the formula above) or "official" (the official code's, see module doc).
+        implementation: "fast" (default) or "reference" (see module doc); same values, same α.
     """
 
-    def __init__(self, depth: int, dilation: int = 1, period: int = 1, semantics: str = "paper"):
+    def __init__(self, depth: int, dilation: int = 1, period: int = 1, semantics: str = "paper",
+                 implementation: str = "fast"):
         super().__init__()
         if depth < 1 or dilation < 1 or period < 1:
             raise ValueError(f"DWA needs depth, dilation, period >= 1, got {depth}, {dilation}, {period}")
         if semantics not in SEMANTICS:
             raise ValueError(f"semantics={semantics!r}: allowed {', '.join(SEMANTICS)}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation={implementation!r}: allowed {', '.join(IMPLEMENTATIONS)}")
         self.depth, self.dilation, self.period, self.semantics = depth, dilation, period, semantics
+        self.implementation = implementation
         # Depths i that are followed by a DWA module, in order; alphas[n] belongs to dwa_depths[n].
         self.dwa_depths: list[int] = self._dwa_depths()
         if not self.dwa_depths:  # e.g. the paper's 4x20 pattern on a model scaled down to 12 blocks
@@ -68,6 +89,10 @@ class DWA(nn.Module):
         # Block outputs X_j that some DWA reads; the others need not be kept.
         self._needed = frozenset(j for i in self.dwa_depths for j in self.sources(i))
         self.alphas = nn.ParameterList(nn.Parameter(torch.zeros(len(self.sources(i)))) for i in self.dwa_depths)
+        # The fast scheme's static layout, or None when the pattern does not fit it (then: reference).
+        self.plan: Plan | None = Plan.build(depth, self.dwa_depths, self.sources)
+        self.group: int | None = None  # g of the blocked scheme; None: `group_size` chooses
+        self.workspace = Workspace()  # the fast scheme's buffers, reused across steps (not state)
         self.reset_parameters()
 
     # -- the sparsity pattern (subclasses change these two) ---------------------------------------
@@ -98,8 +123,23 @@ class DWA(nn.Module):
         """The weights α_{i,j} for j in S_i, shape (|S_i|,)."""
         return self.alphas[self._index[i]]
 
+    @property
+    def uses_fast_path(self) -> bool:
+        return self.implementation == "fast" and self.plan is not None
+
     def forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
         """Y_d for embedded tokens X_0 (B, T, C)."""
+        if torch.compiler.is_compiling():
+            # Inside torch.compile the readable loop traces into one graph and Inductor fuses the
+            # sums itself; the fast scheme's autograd.Function and in-place buffer writes would cut
+            # the graph at every DWA step (measured: benchmarks/README.md, "compile").
+            return self.reference_forward(x0, blocks, rotary)
+        if self.uses_fast_path:
+            return fast_forward(self.plan, list(self.alphas), x0, blocks, rotary, self.group, self.workspace)
+        return self.reference_forward(x0, blocks, rotary)
+
+    def reference_forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
+        """The readable implementation: Y_i by `average`, autograd for the backward."""
         outputs: list[torch.Tensor | None] = [x0 if 0 in self._needed else None]  # X_0, X_1, ...
         y = x0  # Y_0
         for i, block in enumerate(blocks, start=1):
@@ -116,6 +156,10 @@ class DWA(nn.Module):
             y = torch.addcmul(y, alpha[n], outputs[src[n]])  # y + α_{i,j} · X_j, one fused kernel
         return y
 
+    def free_workspace(self) -> None:
+        """Drop the buffers the fast scheme keeps between forward passes."""
+        self.workspace.clear()
+
     def alpha_matrix(self) -> torch.Tensor:
         """All α as a dense (depth + 1) × (depth + 1) matrix, row i = DWA_i over X_0..X_depth.
 
@@ -129,9 +173,429 @@ class DWA(nn.Module):
 
     def extra_repr(self) -> str:
         n = sum(a.numel() for a in self.alphas)
-        return f"depth={self.depth}, dilation={self.dilation}, period={self.period}, {self.semantics}, alphas={n}"
+        impl = "fast" if self.uses_fast_path else "reference"
+        return (f"depth={self.depth}, dilation={self.dilation}, period={self.period}, {self.semantics}, "
+                f"alphas={n}, {impl}")
 
 
 def num_dwa_parameters(depth: int, dilation: int = 1, period: int = 1) -> int:
     """Σ_{i: p | i} (⌊i/k⌋ + 1); d(d+3)/2 for a 1x1-DenseFormer (paper §3.1)."""
     return sum(i // dilation + 1 for i in range(period, depth + 1, period))
+
+
+# =================================================================================================
+# The fast scheme
+# =================================================================================================
+#
+# Layout. The kept outputs X_j fall into *lanes*: sets of outputs that DWAs read together (the
+# residues j mod k for a kxp-DenseFormer, j mod k·p in the official semantics, everything for 1x1 and
+# connect_to_last). Each lane is one contiguous buffer in the activation dtype, rows in depth order,
+# and block i writes X_i = h + MLP(LN(h)) straight into its row (the block's last addition, with
+# out=; no copy). In every pattern served here DWA_i reads a *prefix* of its lane, so with the α of
+# a lane as a dense lower-staircase matrix A (rows: the lane's DWAs, columns: its buffer rows),
+#
+#     Y_i = A[t, :c_t] · X[:c_t]           (t: row of DWA_i, c_t = |S_i|, X: the lane's buffer)
+#
+# is one matrix product that reads each source once (memory-bound: the reference's addcmul chain
+# reads and writes the running sum once per source, ~3x the traffic).
+#
+# Blocked forward (reads older outputs once for several DWAs). DWAs are taken in groups of g
+# consecutive rows t0..t0+g-1 of a lane. When the first of the group runs, every source it reads is
+# also a source of the g-1 later ones, so one product computes all their contributions at once:
+#
+#     P = A[t0:t0+g, :c_t0] · X[:c_t0]                          (g, N): reads c_t0 rows, writes g
+#     Y_t0 = P[0];   Y_t = P[t-t0] += A[t, c_t0:c_t] · X[c_t0:c_t]   at the later DWA steps t
+#
+# The partial sums become the Y_t in place, so the only extra memory is the g rows themselves, which
+# autograd keeps anyway as the inputs of the next blocks. Outputs moved for d = 48, 1x1: one product
+# per DWA Σ (i + 2) ≈ 1,270; blocked with g = 6 ≈ 440 (`Plan.traffic`).
+#
+# One-pass backward. With G_i := ∂L/∂Y_i, the gradients of the sums are
+#
+#     ∂L/∂X_j = Σ_{i ≥ j, j ∈ S_i} α_{i,j} G_i  (+ ∂L/∂Y_j from block j+1 when no DWA follows block j)
+#     ∂L/∂α_{i,j} = <G_i, X_j>
+#
+# Backpropagation meets the DWAs in reverse depth order; each G_i is stored once into a buffer of
+# the lane's rows. When block j's backward needs ∂L/∂X_j, every G_i with i ≥ j is already there, so
+# ∂L/∂X_j is complete in one product, blocked over g consecutive columns exactly like the forward
+# (Aᵀ, reverse order). The α gradients wait until the end, where one product per lane, G · Xᵀ,
+# gives all of them, reading every G and X once (instead of once per (i, j) pair).
+#
+# Autograd plumbing: `_Begin` (takes X_0 and all α, runs first forward / last backward, so it returns
+# the α gradients) and one `_Step` per block that writes a kept output or ends with a DWA. Both share
+# a `_Run` (buffers, A, the gradient buffers) for one forward pass. Writes into a buffer whose other
+# rows autograd has already saved are hidden from autograd's version counter: they only ever touch
+# rows nobody has read yet.
+
+
+@dataclass(frozen=True)
+class Lane:
+    """Kept outputs stored together, and the DWAs reading them.
+
+    slots[s]: the depth j whose output X_j is row s of the lane's buffer (ascending).
+    rows[t]:  the depth i of the t-th DWA reading this lane (ascending); it reads buffer rows [0, width[t]).
+    """
+
+    slots: tuple[int, ...]
+    rows: tuple[int, ...]
+    width: tuple[int, ...]
+
+    def first_row(self, s: int) -> int:
+        """The first DWA reading buffer row s (every later one reads it too)."""
+        return next(t for t, c in enumerate(self.width) if c > s)
+
+
+class Plan:
+    """The static layout of the fast scheme for one pattern (depth, dwa_depths, sources), pure Python.
+
+    `build` returns None when some DWA does not read a prefix of its lane (e.g. last_k's
+    {X_0} ∪ {X_{i-K+1}..X_i}); such patterns use the reference implementation.
+    """
+
+    def __init__(self, depth: int, lanes: list[Lane], dwa_depths: list[int], sources: dict[int, list[int]]):
+        self.depth, self.lanes, self.dwa_depths = depth, lanes, dwa_depths
+        self._group_cache: dict[tuple[int, int, bool], list[range]] = {}
+        self.slot_of = {j: (n, s) for n, lane in enumerate(lanes) for s, j in enumerate(lane.slots)}
+        self.row_of = {i: (n, t) for n, lane in enumerate(lanes) for t, i in enumerate(lane.rows)}
+        # Gather indices from the flat α vector (all alphas concatenated, + one zero at the end) to
+        # each lane's dense matrix A (rows, slots); positions that are not sources point at the zero.
+        offsets = [0]
+        for i in dwa_depths:
+            offsets.append(offsets[-1] + len(sources[i]))
+        self.n_alphas = offsets[-1]
+        self.alpha_sizes = [len(sources[i]) for i in dwa_depths]
+        self.gather = []
+        for lane in lanes:
+            index = torch.full((len(lane.rows), len(lane.slots)), self.n_alphas, dtype=torch.long)
+            for t, i in enumerate(lane.rows):
+                n = dwa_depths.index(i)
+                index[t, : lane.width[t]] = torch.arange(offsets[n], offsets[n + 1])
+            self.gather.append(index)
+
+    @staticmethod
+    def build(depth: int, dwa_depths: list[int], sources_fn) -> Plan | None:
+        sources = {i: list(sources_fn(i)) for i in dwa_depths}
+        if not dwa_depths or any(sorted(set(s)) != s or not s or s[-1] != i for i, s in sources.items()):
+            return None  # the scheme assumes ascending sources ending with X_i itself
+        # Lanes: outputs read by a common DWA are in the same lane (union-find over the sources).
+        parent: dict[int, int] = {}
+
+        def find(j: int) -> int:
+            while parent.setdefault(j, j) != j:
+                j = parent[j]
+            return j
+
+        for s in sources.values():
+            for j in s:
+                parent[find(j)] = find(s[0])
+        members: dict[int, list[int]] = {}
+        for j in sorted(parent):
+            members.setdefault(find(j), []).append(j)
+        lanes = []
+        for slots in sorted(members.values()):
+            rows = [i for i in dwa_depths if sources[i][0] in slots]
+            width = []
+            for i in rows:
+                prefix = [j for j in slots if j <= i]
+                if sources[i] != prefix:
+                    return None  # not a prefix of its lane
+                width.append(len(prefix))
+            lanes.append(Lane(tuple(slots), tuple(rows), tuple(width)))
+        return Plan(depth, lanes, list(dwa_depths), sources)
+
+    def alpha_matrices(self, alphas: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+        """Each lane's A (rows, slots) from the module's alphas, in the activation dtype."""
+        flat = torch.cat([*alphas, alphas[0].new_zeros(1)]).to(dtype)
+        return [flat[index.to(flat.device)] for index in self.gather]
+
+    def alpha_gradients(self, grad_matrices: list[torch.Tensor], like: torch.Tensor) -> list[torch.Tensor]:
+        """The inverse of `alpha_matrices`: per-α gradients from each lane's dense ∂L/∂A."""
+        flat = like.new_zeros(self.n_alphas + 1)
+        for index, grad in zip(self.gather, grad_matrices):
+            flat.index_add_(0, index.to(flat.device).flatten(), grad.flatten().to(flat.dtype))
+        return list(flat[:-1].split(self.alpha_sizes))
+
+    # -- groups of the blocked scheme -------------------------------------------------------------
+    @staticmethod
+    def groups(n: int, g: int, from_top: bool = False) -> list[range]:
+        """range(n) cut into consecutive groups of g, from the bottom (the forward's order over DWAs)
+        or from the top (the backward's order over buffer rows); the last group may be shorter."""
+        if from_top:
+            return [range(max(0, top - g + 1), top + 1) for top in range(n - 1, -1, -g)]
+        return [range(a, min(a + g, n)) for a in range(0, n, g)]
+
+    def group_of(self, lane: int, g: int, from_top: bool) -> list[range]:
+        """owner[x] = the group holding x (DWA rows forward, buffer rows backward), cached."""
+        key = (lane, g, from_top)
+        if key not in self._group_cache:
+            n = len(self.lanes[lane].slots if from_top else self.lanes[lane].rows)
+            owner: list[range] = [range(0)] * n
+            for grp in self.groups(n, g, from_top):
+                for x in grp:
+                    owner[x] = grp
+            self._group_cache[key] = owner
+        return self._group_cache[key]
+
+    def traffic(self, group: int, train: bool = False) -> int:
+        """(B, T, C)-tensor transfers (reads + writes) of the DWA sums of one forward, or of one
+        forward + backward with `train`, in this scheme with groups of `group` (1: one product per
+        DWA). The model behind `group_size`, and the benchmark's bound."""
+        total = 0
+        for lane in self.lanes:
+            for grp in self.groups(len(lane.rows), group):
+                c0 = lane.width[grp[0]]
+                total += c0 + len(grp)  # P = A[grp, :c0] · X[:c0]
+                total += sum(1 + lane.width[t] - c0 + 1 for t in grp[1:])  # P[t] += A[t, c0:c_t] · X[c0:c_t]
+        if not train:
+            return total
+        for lane in self.lanes:
+            R, S = len(lane.rows), len(lane.slots)
+            total += 2 * R  # G_i copied into the lane's gradient buffer
+            for grp in self.groups(S, group, from_top=True):
+                t_top = lane.first_row(grp[-1])
+                total += (R - t_top) + len(grp)  # Q = A[t_top:, grp]ᵀ · G[t_top:]
+                total += sum(1 + t_top - lane.first_row(s) + 1 for s in grp[:-1])  # Q[s] += ...
+            total += 3 * sum(j not in self.row_of for j in lane.slots)  # Q[s] += ∂L/∂Y_j (no DWA at j)
+            total += R + S  # ∂L/∂A = G · Xᵀ
+        return total
+
+
+def group_size(plan: Plan, n: int, train: bool) -> int:
+    """g for the blocked products: the one minimising `Plan.traffic`, for large tensors; 1 (one
+    product per DWA, fewest kernels) when a tensor is small, as in token-by-token decoding. Every g
+    against this choice: `benchmarks/dwa_bench.py --sections groups` (figures in benchmarks/README.md)."""
+    if n < 16384:
+        return 1
+    return min(range(1, 9), key=lambda g: (plan.traffic(g, train=train), g))
+
+
+def _storage_users(t: torch.Tensor) -> int:
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+try:  # a tensor alone with its storage, as `_storage_users` counts it (the call holds one reference)
+    _ALONE = _storage_users(torch.empty(1))
+except (AttributeError, RuntimeError):  # private API gone: never reuse, always allocate
+    _ALONE = None
+
+
+class Workspace(dict):
+    """Large buffers of the fast scheme kept from one forward pass to the next.
+
+    Why: CPU tensors of more than a few MB come straight from the OS, and the first write to fresh
+    pages costs far more than the write itself: measured on the reference CPU, filling a fresh 49 MB
+    tensor takes 11.9 ms against 1.0 ms for one already touched (the 1x1 buffer at depth 48, batch
+    8 x 128, width 256). A buffer is reused only when nothing else holds its storage any more (the
+    previous step's graph is gone, no hook kept a view), otherwise a new one replaces it.
+    `DWA.free_workspace()` drops them. (GPUs have a caching allocator that does this already.)
+    """
+
+    def take(self, key, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        t = self.get(key)
+        if (t is None or _ALONE is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device
+                or _storage_users(t) != _ALONE):
+            t = like.new_empty(shape)
+            if _ALONE is not None:
+                self[key] = t
+        return t
+
+
+class _Run:
+    """The state of one forward pass of the fast scheme, shared by its autograd nodes."""
+
+    def __init__(self, plan: Plan, x0: torch.Tensor, alphas: list[torch.Tensor], track: bool, group: int | None,
+                 workspace: Workspace):
+        self.plan, self.shape, self.track, self.workspace = plan, x0.shape, track, workspace
+        n = x0.numel()
+        self.group = group or group_size(plan, n, train=track)
+        self.buffers = [workspace.take(("X", lane), (len(plan.lanes[lane].slots), n), x0)
+                        for lane in range(len(plan.lanes))]  # (S, N) per lane
+        with torch.no_grad():
+            self.A = plan.alpha_matrices(alphas, x0.dtype)  # (R, S) per lane
+        self.partial: list[torch.Tensor | None] = [None] * len(plan.lanes)  # forward P (g, N)
+        self.grads: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward G (R, N)
+        self.grad_partial: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward Q (g, N)
+
+    def _hidden_write(self, tensor: torch.Tensor):
+        """Writes to rows nobody has read yet, kept from bumping the version counter that autograd
+        checks for the rows it has saved (the buffer's other rows)."""
+        return torch.autograd._unsafe_preserve_version_counter(tensor) if self.track else _NoOp()
+
+    # -- forward ----------------------------------------------------------------------------------
+    def store(self, j: int, x: torch.Tensor | None = None, h: torch.Tensor | None = None,
+              m: torch.Tensor | None = None) -> torch.Tensor:
+        """Row of X_j in its lane, filled with x, or with h + m computed straight into it."""
+        lane, s = self.plan.slot_of[j]
+        row = self.buffers[lane][s].view(self.shape)  # (B, T, C)
+        with self._hidden_write(self.buffers[lane]):
+            if x is not None:
+                row.copy_(x)
+            else:
+                torch.add(h, m, out=row)
+        return row
+
+    def average(self, i: int) -> torch.Tensor:
+        """Y_i = A[t, :c_t] · X[:c_t] (blocked, see the scheme above)."""
+        n, t = self.plan.row_of[i]
+        lane, A, X = self.plan.lanes[n], self.A[n], self.buffers[n]
+        grp = self.plan.group_of(n, self.group, from_top=False)[t]
+        t0, c0 = grp[0], lane.width[grp[0]]
+        if t == t0:  # the group's first DWA: all its sources are old ones for the others
+            # A partial sum per group while training (they become the Y_t autograd keeps anyway),
+            # two that alternate for inference (the previous group's last Y_t may still be in use).
+            key = ("P", n, t0 if self.track else t0 // self.group % 2)
+            self.partial[n] = torch.mm(A[grp.start: grp.stop, :c0], X[:c0],
+                                       out=self.workspace.take(key, (len(grp), X.shape[1]), X))  # (g, N)
+        elif lane.width[t] > c0:
+            P = self.partial[n]
+            with self._hidden_write(P):
+                P[t - t0: t - t0 + 1].addmm_(A[t: t + 1, c0: lane.width[t]], X[c0: lane.width[t]])
+        return self.partial[n][t - t0].view(self.shape)
+
+    # -- backward ---------------------------------------------------------------------------------
+    def store_grad(self, i: int, grad: torch.Tensor) -> None:
+        """Keep G_i = ∂L/∂Y_i for the DWA after block i."""
+        n, t = self.plan.row_of[i]
+        if self.grads[n] is None:
+            self.grads[n] = self.workspace.take(("G", n), (len(self.plan.lanes[n].rows), grad.numel()), grad)
+        self.grads[n][t].copy_(grad.reshape(-1))
+
+    def grad_output(self, j: int, through: torch.Tensor | None) -> torch.Tensor:
+        """∂L/∂X_j = Σ_{i ≥ j} α_{i,j} G_i (+ `through`, ∂L/∂Y_j when no DWA follows block j), blocked
+        over groups of consecutive columns taken from the top."""
+        n, s = self.plan.slot_of[j]
+        lane, A, G = self.plan.lanes[n], self.A[n], self.grads[n]
+        grp = self.plan.group_of(n, self.group, from_top=True)[s]  # counted from the top: backward order
+        top, r = grp[-1], s - grp.start
+        t_top = lane.first_row(top)  # DWAs reading column `top`: rows t_top.. (all stored by now)
+        if s == top:
+            key = ("Q", n, top // self.group % 2)
+            self.grad_partial[n] = torch.mm(A[t_top:, grp.start: top + 1].t(), G[t_top:],
+                                            out=self.workspace.take(key, (len(grp), G.shape[1]), G))  # (g, N)
+        Q = self.grad_partial[n]
+        t_s = lane.first_row(s)
+        if t_s < t_top:  # DWAs reading column s but not `top`
+            Q[r: r + 1].addmm_(A[t_s:t_top, s: s + 1].t(), G[t_s:t_top])
+        if through is not None:
+            Q[r].add_(through.reshape(-1))
+        return Q[r].view(self.shape)
+
+    def alpha_grads(self, alphas_like: torch.Tensor) -> list[torch.Tensor]:
+        """∂L/∂α_{i,j} = <G_i, X_j>: one product G · Xᵀ (R, S) per lane."""
+        grads = [G @ X.t() for G, X in zip(self.grads, self.buffers)]
+        return self.plan.alpha_gradients(grads, alphas_like)
+
+
+class _NoOp:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Begin(torch.autograd.Function):
+    """Y_0 = X_0 (kept in its lane when some DWA reads it). Its backward runs after every other DWA
+    node's (its output feeds block 1), so it returns ∂L/∂X_0 and all the α gradients."""
+
+    @staticmethod
+    def forward(ctx, run: _Run, x0: torch.Tensor, *alphas: torch.Tensor) -> torch.Tensor:
+        ctx.run, ctx.alpha_like, ctx.n_alphas = run, alphas[0], len(alphas)
+        y0 = run.store(0, x=x0) if 0 in run.plan.slot_of else x0.view_as(x0)
+        ctx.save_for_backward(*run.buffers)  # what the DWAs keep for the backward (filled later)
+        return y0
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y0: torch.Tensor):
+        run = ctx.run
+        with torch.autocast(grad_y0.device.type, enabled=False):  # the products in the buffers' dtype
+            grad_x0 = run.grad_output(0, grad_y0) if 0 in run.plan.slot_of else grad_y0
+            needed = any(ctx.needs_input_grad[2:])
+            alpha_grads = run.alpha_grads(ctx.alpha_like) if needed else [None] * ctx.n_alphas
+        return (None, grad_x0, *alpha_grads)
+
+
+class _Step(torch.autograd.Function):
+    """Block i's output X_i = h + m (written into its lane when kept), then Y_i (a DWA, or Y_i = X_i)."""
+
+    @staticmethod
+    def forward(ctx, run: _Run, i: int, h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        ctx.run, ctx.i = run, i
+        return _step(run, i, h, m)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        run, i = ctx.run, ctx.i
+        dwa = i in run.plan.row_of
+        with torch.autocast(grad_y.device.type, enabled=False):  # the products in the buffers' dtype
+            if dwa:
+                run.store_grad(i, grad_y)
+            grad_x = run.grad_output(i, None if dwa else grad_y)
+        return None, None, grad_x, grad_x
+
+
+def _step(run: _Run, i: int, h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    x = run.store(i, h=h, m=m)
+    return run.average(i) if i in run.plan.row_of else x
+
+
+def _begin(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, group: int | None,
+           workspace: Workspace) -> tuple[_Run, torch.Tensor]:
+    """The run's state and Y_0."""
+    track = torch.is_grad_enabled() and (x0.requires_grad or any(a.requires_grad for a in alphas))
+    with _no_autocast(x0):
+        run = _Run(plan, x0, alphas, track, group, workspace)
+        if track:
+            return run, _Begin.apply(run, x0, *alphas)
+        return run, (run.store(0, x=x0) if 0 in plan.slot_of else x0)
+
+
+def _no_autocast(x: torch.Tensor):
+    """The sums stay in the activation dtype under autocast (a no-op context when it is off)."""
+    return torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NoOp()
+
+
+def fast_forward(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, blocks: nn.ModuleList,
+                 rotary: Rotary, group: int | None = None, workspace: Workspace | None = None) -> torch.Tensor:
+    """Y_d by the fast scheme; the blocks run as in `Block.forward`, their last addition written into
+    the lane buffer when X_i is kept."""
+    run, y = _begin(plan, alphas, x0, group, workspace if workspace is not None else Workspace())
+    if not run.track and run.group == 1:
+        return _lean_forward(run, y, blocks, rotary)
+    for i, block in enumerate(blocks, start=1):
+        h = y + block.attn_branch(y, rotary)
+        m = block.mlp_branch(h)
+        if i in plan.slot_of or i in plan.row_of:
+            with _no_autocast(h):
+                y = _Step.apply(run, i, h, m) if run.track else _step(run, i, h, m)
+        else:
+            y = h + m  # X_i, read by no DWA: Y_i = X_i as in the Transformer
+    return y
+
+
+def _lean_forward(run: _Run, y: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
+    """The same loop without autograd and with one product per DWA (g = 1): what token-by-token
+    decoding runs, where a DWA step is a few microseconds of arithmetic and the Python around it
+    matters (benchmarks/README.md, "decode"). Per block: X_i = h + m into its row, Y_i = A[t, :c_t] · X[:c_t]."""
+    plan, shape = run.plan, run.shape
+    with _no_autocast(y):
+        for i, block in enumerate(blocks, start=1):
+            h = y + block.attn_branch(y, rotary)
+            m = block.mlp_branch(h)
+            slot = plan.slot_of.get(i)
+            if slot is None:
+                y = h + m
+                continue
+            lane, s = slot
+            X = run.buffers[lane]  # (S, N)
+            torch.add(h.reshape(-1), m.reshape(-1), out=X[s])
+            row = plan.row_of.get(i)
+            if row is None:
+                y = X[s].view(shape)
+            else:
+                t = row[1]
+                c = plan.lanes[lane].width[t]
+                y = torch.mm(run.A[lane][t: t + 1, :c], X[:c]).view(shape)  # (1, N) -> (B, T, C)
+    return y

@@ -18,6 +18,7 @@ rotary position encoding on queries and keys, causal `scaled_dot_product_attenti
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -38,12 +39,37 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate x of shape (B, n_heads, T, head_dim)."""
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Rotate x of shape (B, n_heads, T, head_dim) holding positions start, ..., start + T - 1."""
         T = x.size(-2)
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)  # (T, hd/2)
+        if start + T > self.cos.size(0):
+            raise ValueError(f"position {start + T - 1} is beyond max_seq_len={self.cos.size(0)}")
+        cos, sin = self.cos[start: start + T].to(x.dtype), self.sin[start: start + T].to(x.dtype)  # (T, hd/2)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Keys and values of the tokens an attention layer has seen, for incremental decoding.
+
+    Preallocated (B, n_heads, max_len, head_dim); `append` writes the new tokens' keys and values
+    after the `length` already there and returns views of all of them.
+    """
+
+    def __init__(self, batch: int, n_heads: int, head_dim: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.k = torch.zeros(batch, n_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KV cache holds {self.k.size(2)} positions, {end} needed")
+        self.k[:, :, self.length: end] = k
+        self.v[:, :, self.length: end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -53,6 +79,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(width, 3 * width, bias=False)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(width, width, bias=False)  # residual output projection
         self.resid_dropout = nn.Dropout(dropout)
+        self.kv_cache: KVCache | None = None  # set by `kv_caching` for incremental decoding only
 
     def forward(
         self,
@@ -74,12 +101,27 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         if value_fn is not None:
             v = value_fn(v)
-        q, k = rotary(q), rotary(k)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, T, hd)
+        if self.kv_cache is None:  # training and full forward passes
+            q, k = rotary(q), rotary(k)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )  # (B, nh, T, hd)
+        else:
+            y = self._attend_cached(q, k, v, rotary)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+        """The new tokens (positions start..start+T-1) attend to every cached token and causally to
+        each other; their keys and values join the cache."""
+        start, T = self.kv_cache.length, q.size(2)
+        q, k = rotary(q, start), rotary(k, start)
+        k, v = self.kv_cache.append(k, v)  # (B, nh, start + T, hd)
+        if T == 1:  # one new token: it sees everything
+            return F.scaled_dot_product_attention(q, k, v)
+        rows = torch.arange(start, start + T, device=q.device)[:, None]
+        mask = torch.arange(start + T, device=q.device)[None, :] <= rows  # (T, start + T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class MLP(nn.Module):
@@ -192,6 +234,23 @@ class GPT(nn.Module):
         x0 = self.drop(self.wte(idx))  # X_0, (B, T, C)
         hidden = self.mixer(x0, self.blocks, self.rotary)  # (B, T, C)
         return self.lm_head(self.ln_f(hidden))
+
+    @contextmanager
+    def kv_caching(self, batch_size: int, max_len: int | None = None):
+        """Incremental decoding: inside, every call `self(idx)` continues the sequences seen so far
+        (positions go on, attention reads the cached keys and values), so feeding the prompt and then
+        one token at a time gives the logits of the full forward pass. The mixer runs as usual on the
+        new tokens only, which is exact for every node here: they mix depth per token."""
+        p = next(self.parameters())
+        caches = [KVCache(batch_size, b.attn.n_heads, self.width // b.attn.n_heads, max_len or self.max_seq_len,
+                          p.dtype, p.device) for b in self.blocks]
+        for block, cache in zip(self.blocks, caches):
+            block.attn.kv_cache = cache
+        try:
+            yield caches
+        finally:
+            for block in self.blocks:
+                block.attn.kv_cache = None
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Parameters by optimiser role: 'decay' (matrices of the linears), 'no_decay' (norms, the

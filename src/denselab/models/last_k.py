@@ -20,14 +20,15 @@ from denselab.models.dwa import DWA
 class LastK(DWA):
     """DWA after every block over {X_0} ∪ {X_{i-K+1}, ..., X_i}."""
 
-    def __init__(self, depth: int, k: int = 4):
+    def __init__(self, depth: int, k: int = 4, implementation: str = "fast"):
         if k < 1:
             raise ValueError(f"last_k needs k >= 1, got {k}")
         self.k = k
-        super().__init__(depth)
+        super().__init__(depth, implementation=implementation)
 
     def sources(self, i: int) -> list[int]:
         return [0, *range(max(1, i - self.k + 1), i + 1)]
 
     def extra_repr(self) -> str:
-        return f"depth={self.depth}, k={self.k}, alphas={sum(a.numel() for a in self.alphas)}"
+        impl = "fast" if self.uses_fast_path else "reference"
+        return f"depth={self.depth}, k={self.k}, alphas={sum(a.numel() for a in self.alphas)}, {impl}"

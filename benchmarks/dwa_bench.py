@@ -1,0 +1,424 @@
+#!/usr/bin/env python
+"""DWA speed benchmark (not a test: it asserts nothing about absolute time). `make bench` runs it.
+
+Side by side, in one process, with interleaved repetitions and medians, on the transformer trunk
+(embedded tokens X_0 through the blocks and the depth mixing to Y_d; no embedding or LM head, so the
+ratios are those of the part DWA changes, the strictest measure):
+
+  transformer   the plain residual stream (`denselab.models.Residual`)
+  naive         App. A.1, Listings 1-2: a list of outputs, one multiply-add per source
+  paper_a2      App. A.2, Listing 3: accumulator + InPlaceSetSlice + tensordot (benchmarks/paper_listings.py)
+  ours          `denselab.models.DWA` (the fast scheme of src/denselab/models/dwa.py)
+
+for depth 12 and 48, k×p in {1x1, 2x1, 4x1, 4x5, 12x1}, forward only ("infer", no autograd) and
+forward + backward ("train"), at a small width (256) and at the paper's (768), heads of 64 dims.
+Per row: the median time, its ratio to the Transformer, for ours the speed-up over paper_a2 and the
+achieved fraction of the memory-traffic bound of its scheme (`Plan.traffic` tensor transfers at the
+copy bandwidth measured here, over the time it adds to the Transformer), and for train rows the peak
+extra memory of one step (peak RSS of a fresh process over its RSS before the step on CPU,
+`max_memory_allocated` on CUDA).
+
+Then: ours with every group size of its blocked scheme (what `group_size` rests on), whole-model
+`torch.compile` (compile time and compiled step ratios), and KV-cached decoding
+tokens/s of 48-block models with the GPT-2 vocabulary (`denselab.generate`).
+
+    .venv/bin/python benchmarks/dwa_bench.py                 # everything (CPU: ~25 min)
+    .venv/bin/python benchmarks/dwa_bench.py --quick         # tiny shapes, seconds (what the tests run)
+    .venv/bin/python benchmarks/dwa_bench.py --device cuda --dtype bf16
+
+Results: experiments/bench/<device>-<dtype>/{dwa,groups,compile,decode}.csv and machine.json (atomic writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info  # noqa: E402
+from denselab.models import DWA, GPT, Residual  # noqa: E402
+from denselab.models.dwa import group_size  # noqa: E402
+from paper_listings import NaiveDWA, PaperA2DWA  # noqa: E402
+
+PATTERNS = ["1x1", "2x1", "4x1", "4x5", "12x1"]
+VARIANTS = ["naive", "paper_a2", "ours"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Goals of issue 7 at depth 48 (ratios to the Transformer; ours vs paper_a2 on 1x1 train).
+GOALS = [("1x1", "train", 1.06), ("1x1", "infer", 1.05), ("4x1", "train", 1.03), ("4x1", "infer", 1.03),
+         ("4x5", "train", 1.02), ("4x5", "infer", 1.02)]
+
+
+def parse_pattern(pattern: str) -> tuple[int, int]:
+    k, p = pattern.split("x")
+    return int(k), int(p)
+
+
+def build_mixer(variant: str, depth: int, pattern: str | None) -> torch.nn.Module:
+    if variant == "transformer":
+        return Residual(depth)
+    k, p = parse_pattern(pattern)
+    return {"naive": NaiveDWA, "paper_a2": PaperA2DWA, "ours": DWA}[variant](depth, k, p)
+
+
+def build_trunk(depth: int, width: int, seq: int, device: str, dtype: torch.dtype) -> GPT:
+    torch.manual_seed(0)
+    return GPT(64, depth, width, width // 64, seq, mixer=Residual(depth)).to(device=device, dtype=dtype)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_once(model: GPT, mixer, x0: torch.Tensor, grad: torch.Tensor, train: bool) -> None:
+    if train:
+        mixer(x0, model.blocks, model.rotary).backward(grad)
+    else:
+        with torch.no_grad():
+            mixer(x0, model.blocks, model.rotary)
+
+
+def clear_grads(model: GPT, mixers, x0: torch.Tensor) -> None:
+    x0.grad = None
+    for p in [*model.parameters(), *(p for m in mixers for p in m.parameters())]:
+        p.grad = None
+
+
+def time_interleaved(calls: dict, reps: int, warmup: int, device: str, between=lambda: None) -> dict[str, float]:
+    """Median seconds per call; repetition r runs every call once, starting at a rotating offset."""
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+            between()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            calls[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+            between()
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def copy_bandwidth(numel: int, device: str, dtype: torch.dtype, reps: int = 7) -> float:
+    """Bytes/s of `dst.copy_(src)` (read + write) over a tensor far larger than any cache."""
+    n = max(numel, 64 * 2**20 // torch.empty(0, dtype=dtype).element_size())
+    src = torch.randn(n, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t = time_interleaved({"copy": lambda: dst.copy_(src)}, reps, 1, device)["copy"]
+    return 2 * src.numel() * src.element_size() / t
+
+
+def peak_extra_memory(args, width: int, depth: int, tokens: tuple[int, int], variant: str, pattern: str | None) -> float:
+    """MB one training step adds at its peak: on CUDA in this process, on CPU in a fresh one (RSS)."""
+    cmd = [sys.executable, __file__, "--peak-memory-of",
+           json.dumps([width, depth, tokens, variant, pattern, args.device, args.dtype])]
+    if args.device == "cuda":
+        return measure_peak(width, depth, tokens, variant, pattern, args.device, args.dtype)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure_peak(width, depth, tokens, variant, pattern, device, dtype_name) -> float:
+    dtype = DTYPES[dtype_name]
+    model = build_trunk(depth, width, tokens[1], device, dtype)
+    mixer = build_mixer(variant, depth, pattern).to(device=device, dtype=dtype)
+    x0 = torch.randn(*tokens, width, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        for _ in range(2):
+            run_once(model, mixer, x0, grad, True)
+            clear_grads(model, [mixer], x0)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = rss_bytes()
+    for _ in range(2):  # the second step shows what the first one leaves behind (reused buffers)
+        run_once(model, mixer, x0, grad, True)
+        clear_grads(model, [mixer], x0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+    return (peak - before) / 2**20
+
+
+def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int, bandwidth: float) -> list[dict]:
+    """Rows for one (width, depth): every variant and pattern, infer and train."""
+    dtype = DTYPES[args.dtype]
+    model = build_trunk(depth, width, tokens[1], args.device, dtype)
+    mixers = {("transformer", None): Residual(depth)}
+    for pattern in args.patterns:
+        if parse_pattern(pattern)[1] > depth:
+            continue  # a period beyond the depth places no DWA
+        for variant in args.variants:
+            mixers[(variant, pattern)] = build_mixer(variant, depth, pattern).to(device=args.device, dtype=dtype)
+    x0 = torch.randn(*tokens, width, device=args.device, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x0)
+    tensor_bytes = x0.numel() * x0.element_size()
+    rows = []
+    for mode in ("infer", "train"):
+        train = mode == "train"
+        calls = {key: (lambda m=m: run_once(model, m, x0, grad, train)) for key, m in mixers.items()}
+        medians = time_interleaved(calls, reps, args.warmup, args.device,
+                                   between=lambda: clear_grads(model, mixers.values(), x0))
+        base = medians[("transformer", None)]
+        for (variant, pattern), t in medians.items():
+            row = {"width": width, "depth": depth, "batch": tokens[0], "seq": tokens[1], "mode": mode,
+                   "pattern": pattern or "-", "variant": variant, "median_ms": 1e3 * t, "ratio": t / base,
+                   "reps": reps}
+            if variant == "ours" and mixers[(variant, pattern)].plan is not None:
+                mixer = mixers[(variant, pattern)]
+                group = group_size(mixer.plan, x0.numel(), train=train)
+                traffic = mixer.plan.traffic(group, train=train)
+                bound = traffic * tensor_bytes / bandwidth
+                row.update(group=group, traffic_tensors=traffic, bound_ms=1e3 * bound,
+                           bound_fraction=bound / (t - base) if t > base else float("nan"),
+                           speedup_vs_paper_a2=medians[("paper_a2", pattern)] / t
+                           if ("paper_a2", pattern) in medians else float("nan"))
+            if train and args.memory:
+                row["peak_extra_mb"] = peak_extra_memory(args, width, depth, tokens, variant, pattern)
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    text = (f"  d={row['depth']:<3} w={row['width']:<4} {row['mode']:<5} {row['pattern']:>4} {row['variant']:<11} "
+            f"{row['median_ms']:9.2f} ms  x{row['ratio']:.3f}")
+    if "traffic_tensors" in row:
+        text += (f"  vs A.2 {row['speedup_vs_paper_a2']:.2f}x faster  traffic {row['traffic_tensors']} tensors (g={row['group']}),"
+                 f" bound {row['bound_ms']:.2f} ms = {100 * row['bound_fraction']:.0f} % of the added time")
+    if "peak_extra_mb" in row:
+        text += f"  peak +{row['peak_extra_mb']:.0f} MB"
+    return text
+
+
+def bench_groups(args, width: int, depth: int, tokens: tuple[int, int], reps: int) -> list[dict]:
+    """Ours with every group size g of the blocked scheme (1: one product per DWA) and the automatic
+    choice (`group_size`, by the traffic model), against the Transformer: what `group_size` is based on."""
+    dtype = DTYPES[args.dtype]
+    model = build_trunk(depth, width, tokens[1], args.device, dtype)
+    x0 = torch.randn(*tokens, width, device=args.device, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x0)
+    rows = []
+    for pattern in ("1x1", "4x1"):
+        mixers = {"transformer": Residual(depth)}
+        for g in [None, *range(1, 9)]:
+            mixers[f"g={g or 'auto'}"] = build_mixer("ours", depth, pattern).to(device=args.device, dtype=dtype)
+            mixers[f"g={g or 'auto'}"].group = g
+        for mode in ("infer", "train"):
+            train = mode == "train"
+            calls = {name: (lambda m=m: run_once(model, m, x0, grad, train)) for name, m in mixers.items()}
+            medians = time_interleaved(calls, reps, args.warmup, args.device,
+                                       between=lambda: clear_grads(model, mixers.values(), x0))
+            plan = mixers["g=1"].plan
+            auto = group_size(plan, x0.numel(), train=train)
+            for name, t in medians.items():
+                g = auto if name == "g=auto" else None if name == "transformer" else int(name[2:])
+                rows.append({"width": width, "depth": depth, "pattern": pattern, "mode": mode, "variant": name,
+                             "group": g, "traffic_tensors": plan.traffic(g, train=train) if g else None,
+                             "median_ms": 1e3 * t, "ratio": t / medians["transformer"]})
+            print(f"  d={depth} w={width} {pattern} {mode:<5} " + "  ".join(
+                f"{r['variant']}{'(' + str(r['group']) + ')' if r['variant'] == 'g=auto' else ''} x{r['ratio']:.3f}"
+                for r in rows[-len(medians):] if r["variant"] != "transformer"), flush=True)
+    return rows
+
+
+def bench_compile(args, width: int, depth: int, tokens: tuple[int, int], reps: int) -> list[dict]:
+    """Whole-model torch.compile of the Transformer and 1x1 / 4x5 DenseFormers (ours): compile time
+    (first compiled step minus an eager step) and compiled train-step ratios."""
+    dtype = DTYPES[args.dtype]
+    rows, steps = [], {}
+    for name, pattern in [("transformer", None), ("denseformer", "1x1"), ("denseformer", "4x5")]:
+        torch.manual_seed(0)
+        mixer = build_mixer("ours" if pattern else name, depth, pattern)
+        model = GPT(512, depth, width, width // 64, tokens[1], mixer=mixer).to(device=args.device, dtype=dtype)
+        idx = torch.randint(0, 512, tokens, device=args.device)
+
+        def step(model=model, idx=idx):
+            model(idx).float().square().mean().backward()
+            for p in model.parameters():
+                p.grad = None
+
+        eager = time_interleaved({"eager": step}, reps, 1, args.device)["eager"]
+        torch._dynamo.reset()
+        model.compile()
+        sync(args.device)
+        start = time.perf_counter()
+        step()
+        sync(args.device)
+        first = time.perf_counter() - start
+        compiled = time_interleaved({"compiled": step}, reps, 1, args.device)["compiled"]
+        key = f"{name} {pattern or ''}".strip()
+        steps[key] = (eager, compiled)
+        rows.append({"width": width, "depth": depth, "batch": tokens[0], "seq": tokens[1], "model": key,
+                     "compile_s": first - eager, "eager_ms": 1e3 * eager, "compiled_ms": 1e3 * compiled,
+                     "compiled_speedup": eager / compiled})
+    base_eager, base_compiled = steps["transformer"]
+    for row in rows:
+        row["eager_ratio"] = row["eager_ms"] / (1e3 * base_eager)
+        row["compiled_ratio"] = row["compiled_ms"] / (1e3 * base_compiled)
+        print(f"  compile d={depth} w={width} {row['model']:<15} compile {row['compile_s']:6.1f} s   "
+              f"eager {row['eager_ms']:8.2f} ms (x{row['eager_ratio']:.3f})   "
+              f"compiled {row['compiled_ms']:8.2f} ms (x{row['compiled_ratio']:.3f})", flush=True)
+    torch._dynamo.reset()
+    return rows
+
+
+def bench_decode(args, width: int, depth: int, prompt: int, new_tokens: int, reps: int, vocab: int) -> list[dict]:
+    """KV-cached decoding, batch 1: tokens/s of the Transformer and of 1x1 / 4x5 DenseFormers (ours),
+    prefill excluded; the same weights in all three."""
+    from denselab.generate import generate
+
+    dtype = DTYPES[args.dtype]
+    models = {}
+    for name, pattern in [("transformer", None), ("denseformer 1x1", "1x1"), ("denseformer 4x5", "4x5")]:
+        torch.manual_seed(0)
+        mixer = build_mixer("transformer" if pattern is None else "ours", depth, pattern)
+        models[name] = GPT(vocab, depth, width, width // 64, prompt + new_tokens, mixer=mixer).to(args.device, dtype)
+        models[name].load_state_dict(models["transformer"].state_dict(), strict=False)
+        models[name].eval()
+    idx = torch.randint(0, vocab, (1, prompt), device=args.device)
+
+    def decode(model):  # time of `new_tokens` tokens minus the prefill's (one token generated)
+        start = time.perf_counter()
+        generate(model, idx, 1, temperature=0)
+        sync(args.device)
+        mid = time.perf_counter()
+        generate(model, idx, new_tokens + 1, temperature=0)
+        sync(args.device)
+        return (time.perf_counter() - mid) - (mid - start)
+
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(reps + 1):
+        for name, model in models.items():
+            t = decode(model)
+            if r:  # the first round warms up
+                times[name].append(t)
+    base = new_tokens / statistics.median(times["transformer"])
+    rows = []
+    for name, t in times.items():
+        tok_s = new_tokens / statistics.median(t)
+        rows.append({"width": width, "depth": depth, "vocab": vocab, "prompt": prompt, "new_tokens": new_tokens,
+                     "model": name, "tokens_per_s": tok_s, "ratio_to_transformer": tok_s / base, "reps": reps})
+        print(f"  decode d={depth} w={width} {name:<16} {tok_s:8.1f} tokens/s  x{tok_s / base:.3f} of the Transformer",
+              flush=True)
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    if rows:
+        atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def summarize_goals(rows: list[dict], depth: int) -> list[str]:
+    df = pd.DataFrame(rows)
+    lines = []
+    for width in sorted(df.width.unique()):
+        d = df[(df.depth == depth) & (df.width == width) & (df.variant == "ours")]
+        for pattern, mode, goal in GOALS:
+            r = d[(d.pattern == pattern) & (d["mode"] == mode)]
+            if len(r):
+                ratio = float(r.ratio.iloc[0])
+                lines.append(f"  w={width:<4} {pattern:>4} {mode:<5} x{ratio:.3f}  goal <= {goal:.2f}  "
+                             f"{'met' if ratio <= goal else 'MISSED'}")
+        r = d[(d.pattern == "1x1") & (d["mode"] == "train")]
+        if len(r):
+            speedup = float(r.speedup_vs_paper_a2.iloc[0])
+            lines.append(f"  w={width:<4}  1x1 train ours {speedup:.2f}x faster than paper_a2  goal >= 1.50  "
+                         f"{'met' if speedup >= 1.5 else 'MISSED'}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions (the tests)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--depths", type=int, nargs="+", default=[12, 48])
+    parser.add_argument("--widths", type=int, nargs="+", default=[256, 768], help="small and paper width")
+    parser.add_argument("--patterns", nargs="+", default=PATTERNS)
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7 small, 3 paper width)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory processes")
+    parser.add_argument("--sections", nargs="+", default=["dwa", "groups", "compile", "decode"],
+                        choices=["dwa", "groups", "compile", "decode"])
+    parser.add_argument("--compile-depth", type=int, default=12, help="depth of the compile section (width 256)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the CSVs (default experiments/bench/…)")
+    parser.add_argument("--peak-memory-of", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.peak_memory_of:  # child process of `peak_extra_memory`
+        width, depth, tokens, variant, pattern, device, dtype = json.loads(args.peak_memory_of)
+        print(measure_peak(width, depth, tuple(tokens), variant, pattern, device, dtype))
+        return
+    if args.quick:
+        args.depths, args.widths = [6, 12], [64]
+    out = args.out or ROOT / "experiments" / "bench" / f"{args.device}-{args.dtype}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    machine = {**machine_info(), **git_info(ROOT), "threads": torch.get_num_threads(), "device": args.device,
+               "dtype": args.dtype, "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    print(f"== DWA benchmark on {machine['processor']} ({machine['cpu_count']} CPUs, {machine['threads']} torch threads), "
+          f"torch {machine['torch']}, {args.device} {args.dtype}, commit {machine.get('commit', '?')[:7]} ==")
+    atomic_write_json(out / "machine.json", machine)
+
+    if "dwa" in args.sections:
+        rows = []
+        for width in args.widths:
+            tokens = (1, 32) if args.quick else (4, 256) if width < 512 else (1, 256)
+            reps = args.reps or (2 if args.quick else 7 if width < 512 else 3)
+            bandwidth = copy_bandwidth(tokens[0] * tokens[1] * width, args.device, DTYPES[args.dtype])
+            print(f"-- width {width}, batch {tokens[0]} x {tokens[1]} tokens, {reps} interleaved repetitions, "
+                  f"copy bandwidth {bandwidth / 1e9:.1f} GB/s --", flush=True)
+            for depth in args.depths:
+                rows += bench_trunk(args, width, depth, tokens, reps, bandwidth)
+        write_csv(rows, out / "dwa.csv")
+        lines = summarize_goals(rows, max(args.depths))
+        if lines:
+            print(f"-- goals at depth {max(args.depths)} --")
+            print("\n".join(lines))
+    if "groups" in args.sections:
+        print("-- group size g of the blocked scheme (ours; ratios to the Transformer) --", flush=True)
+        width, depth, tokens = (64, 12, (1, 32)) if args.quick else (256, 48, (4, 256))
+        write_csv(bench_groups(args, width, depth, tokens, 2 if args.quick else 5), out / "groups.csv")
+    if "compile" in args.sections:
+        print("-- whole-model torch.compile (train steps: forward + backward) --", flush=True)
+        width, depth, tokens = (64, 6, (1, 32)) if args.quick else (256, args.compile_depth, (4, 256))
+        write_csv(bench_compile(args, width, depth, tokens, 2 if args.quick else 5), out / "compile.csv")
+    if "decode" in args.sections:
+        print("-- KV-cached decoding, batch 1, prefill excluded --", flush=True)
+        if args.quick:
+            rows = bench_decode(args, 64, 6, 8, 8, 2, 512)
+        else:
+            rows = bench_decode(args, 256, 48, 64, 128, 5, 50304)
+        write_csv(rows, out / "decode.csv")
+
+
+if __name__ == "__main__":
+    main()

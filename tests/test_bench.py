@@ -1,0 +1,54 @@
+"""The DWA benchmark: its two baselines compute the same DWA as ours, and a quick run writes one CSV
+row per variant with ratios to the Transformer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from denselab.models import DWA, GPT
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from paper_listings import NaiveDWA, PaperA2DWA  # noqa: E402
+
+
+@pytest.mark.parametrize("baseline", [NaiveDWA, PaperA2DWA])
+@pytest.mark.parametrize("depth,k,p", [(12, 1, 1), (12, 4, 5), (12, 2, 1), (12, 12, 1)])
+def test_paper_listings_compute_the_same_dwa_as_ours(baseline, depth, k, p):
+    torch.manual_seed(0)
+    ours = DWA(depth, k, p)
+    model = GPT(64, depth, 16, 2, 8, mixer=ours)
+    with torch.no_grad():
+        for a in ours.alphas:
+            a.add_(0.3 * torch.randn_like(a))
+    other = baseline(depth, k, p)
+    other.load_state_dict(ours.state_dict(), strict=False)
+    x0 = torch.randn(2, 8, 16, requires_grad=True)
+    results = []
+    for mixer in (ours, other):
+        y = mixer(x0, model.blocks, model.rotary)
+        results.append((y, *torch.autograd.grad(y.square().mean(), [x0, *mixer.alphas])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # α gradients are sums over B·T·C terms
+
+
+def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
+    cmd = [sys.executable, "benchmarks/dwa_bench.py", "--quick", "--no-memory", "--threads", "1",
+           "--sections", "dwa", "decode", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    rows = pd.read_csv(tmp_path / "dwa.csv")
+    for (depth, mode), group in rows.groupby(["depth", "mode"]):
+        assert set(group.variant) == {"transformer", "naive", "paper_a2", "ours"}
+        assert group[group.variant == "transformer"].ratio.tolist() == [1.0]
+    assert set(rows["mode"]) == {"infer", "train"} and (rows.median_ms > 0).all()
+    ours = rows[rows.variant == "ours"]
+    assert (ours.traffic_tensors > 0).all() and ours.speedup_vs_paper_a2.notna().all()
+    decode = pd.read_csv(tmp_path / "decode.csv")
+    assert list(decode.model) == ["transformer", "denseformer 1x1", "denseformer 4x5"]
+    assert (decode.tokens_per_s > 0).all() and "-- goals at depth 12 --" in proc.stdout
+    assert (tmp_path / "machine.json").is_file()

@@ -1,0 +1,233 @@
+"""The fast DWA (the default implementation) computes the paper's formula: same values and gradients
+as the formula written out naively, buffers in the activation dtype, block outputs written straight
+into them, and no more memory kept for the backward than one output per DWA step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from denselab.models import DWA, GPT, ConnectToLast, LastK, Residual
+from denselab.models.dwa import Plan
+
+WIDTH, HEADS, SEQ, BATCH = 16, 2, 8, 2
+
+
+def perturbed(mixer: DWA, scale: float = 0.3) -> DWA:
+    """α away from the identity, so that every source contributes."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for a in mixer.alphas:
+            a.add_(scale * torch.randn_like(a))
+    return mixer
+
+
+def naive_sources(kind: str, depth: int, i: int, k: int = 1, p: int = 1) -> list[int]:
+    """S_i written out from each pattern's definition (not from `DWA.sources`)."""
+    if kind == "paper":
+        return [j for j in range(i + 1) if j % k == i % k]
+    if kind == "official":
+        return [j for j in range(i + 1) if j % (k * p) == i % (k * p)]
+    if kind == "last_k":
+        return [0] + [j for j in range(1, i + 1) if j > i - k]
+    if kind == "connect_to_last":
+        return list(range(i + 1))
+    raise ValueError(kind)
+
+
+def naive_mixer(x0, blocks, rotary, alphas: dict[int, torch.Tensor], sources: dict[int, list[int]]):
+    """Y_i = Σ_{j ∈ S_i} α_{i,j} X_j after the blocks i in `alphas`, else Y_i = X_i;  X_i = B_i(Y_{i-1})."""
+    xs, y = [x0], x0
+    for i, block in enumerate(blocks, start=1):
+        xs.append(block(y, rotary))
+        y = sum(a * xs[j] for a, j in zip(alphas[i], sources[i])) if i in alphas else xs[i]
+    return y
+
+
+def compare_with_naive(mixer: DWA, sources: dict[int, list[int]], dtype=torch.float32, group: int | None = None):
+    """Values and gradients (x0, α, every block parameter) of `mixer` against `naive_mixer`."""
+    torch.manual_seed(0)
+    depth = mixer.depth
+    model = GPT(64, depth, WIDTH, HEADS, SEQ, mixer=perturbed(mixer)).to(dtype)
+    mixer.group = group
+    x0 = torch.randn(BATCH, SEQ, WIDTH, dtype=dtype, requires_grad=True)
+    weight = torch.randn(BATCH, SEQ, WIDTH, dtype=dtype)
+    params = [x0, *mixer.alphas, *model.blocks.parameters()]
+
+    fast = mixer(x0, model.blocks, model.rotary)
+    fast_grads = torch.autograd.grad((fast * weight).mean(), params)  # O(1) gradients: 1e-5 is a tight bound
+    alphas = {i: mixer.alpha(i) for i in mixer.dwa_depths}
+    ref = naive_mixer(x0, model.blocks, model.rotary, alphas, sources)
+    ref_grads = torch.autograd.grad((ref * weight).mean(), params)
+    return fast, ref, fast_grads, ref_grads
+
+
+CASES = [(48, 1, 1), (48, 4, 5), (12, 4, 4), (12, 12, 1), (12, 2, 3), (7, 3, 2), (48, 4, 1), (48, 2, 1)]
+
+
+@pytest.mark.parametrize("semantics", ["paper", "official"])
+@pytest.mark.parametrize("depth,k,p", CASES)
+def test_fast_dwa_equals_the_naive_formula_in_fp32(depth, k, p, semantics):
+    mixer = DWA(depth, k, p, semantics)
+    assert mixer.uses_fast_path
+    sources = {i: naive_sources(semantics, depth, i, k, p) for i in range(p, depth + 1, p)}
+    fast, ref, fast_grads, ref_grads = compare_with_naive(mixer, sources)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+    for g_fast, g_ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("depth,k,p", [(48, 1, 1), (48, 4, 5), (13, 2, 1)])
+def test_every_group_size_of_the_blocked_scheme_is_exact(depth, k, p, group):
+    sources = {i: naive_sources("paper", depth, i, k, p) for i in range(p, depth + 1, p)}
+    fast, ref, fast_grads, ref_grads = compare_with_naive(DWA(depth, k, p), sources, dtype=torch.float64, group=group)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    for g_fast, g_ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)
+
+
+def test_connect_to_last_uses_the_fast_path_and_is_exact():
+    mixer = ConnectToLast(12)
+    assert mixer.uses_fast_path
+    fast, ref, fast_grads, ref_grads = compare_with_naive(mixer, {12: naive_sources("connect_to_last", 12, 12)})
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+    for g_fast, g_ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-5)
+
+
+def test_last_k_is_not_a_prefix_pattern_and_runs_the_reference_exactly():
+    mixer = LastK(12, k=4)
+    assert Plan.build(12, mixer.dwa_depths, mixer.sources) is None and not mixer.uses_fast_path
+    sources = {i: naive_sources("last_k", 12, i, k=4) for i in range(1, 13)}
+    fast, ref, fast_grads, ref_grads = compare_with_naive(mixer, sources)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+    for g_fast, g_ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-5)
+
+
+def test_fast_is_the_default_and_reference_stays_available():
+    assert DWA(4).implementation == "fast" and DWA(4).uses_fast_path
+    assert not DWA(4, implementation="reference").uses_fast_path
+    with pytest.raises(ValueError, match="implementation='slow'"):
+        DWA(4, implementation="slow")
+
+
+def test_lanes_are_the_residue_classes_of_the_dilation():
+    assert [lane.slots for lane in DWA(8, 2, 1).plan.lanes] == [(0, 2, 4, 6, 8), (1, 3, 5, 7)]
+    # official semantics at p = 2: dilation over DWA steps, lanes mod k·p = 4, only outputs at DWA points
+    assert [lane.slots for lane in DWA(8, 2, 2, "official").plan.lanes] == [(0, 4, 8), (2, 6)]
+    assert [lane.rows for lane in DWA(8, 2, 2, "official").plan.lanes] == [(4, 8), (2, 6)]
+
+
+def test_traffic_model_of_one_product_per_dwa_and_of_the_blocked_scheme():
+    plan = DWA(48).plan
+    assert plan.traffic(group=1) == sum(i + 1 + 1 for i in range(1, 49))  # read S_i, write Y_i
+    assert plan.traffic(group=6) < 0.35 * plan.traffic(group=1)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-autocast"])
+def test_buffers_follow_the_activation_dtype(precision):
+    torch.manual_seed(0)
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(6, 2, 1)))
+    reference = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=DWA(6, 2, 1, implementation="reference"))
+    reference.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 64, (BATCH, SEQ))
+    if precision == "bf16-true":
+        model, reference = model.bfloat16(), reference.bfloat16()
+        context, activations = torch.autocast("cpu", enabled=False), torch.bfloat16
+    else:  # Lightning's bf16-mixed: the residual stream stays fp32, the linears run in bf16
+        context, activations = torch.autocast("cpu", dtype=torch.bfloat16), torch.float32
+    with context:
+        out, ref = model(idx), reference(idx)
+        out.float().square().mean().backward()
+    assert {t.dtype for t in model.mixer.workspace.values()} == {activations}
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
+    assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in model.mixer.alphas)
+
+
+class CountCopies(TorchDispatchMode):
+    """Counts copies (copy_ and clone) of tensors of a given shape."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.copies = tuple(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.copy_.default, torch.ops.aten.clone.default) and tuple(args[0].shape) == self.shape:
+            self.copies += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_block_outputs_are_written_straight_into_the_buffer():
+    torch.manual_seed(0)
+    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=DWA(12, 2, 3))  # keeps X_0, X_1 (no DWA after block 1), ...
+    idx = torch.randint(0, 64, (BATCH, SEQ))
+    with CountCopies((BATCH, SEQ, WIDTH)) as counter, torch.no_grad():
+        model(idx)
+    assert counter.copies == 1  # X_0, the embedding; no block output is copied
+    buffers = {t.untyped_storage().data_ptr() for t in model.mixer.workspace.values()}
+    inputs = []  # a block after which no DWA runs reads its input from the buffer (Y_1 = X_1 here)
+    handle = model.blocks[1].ln_1.register_forward_pre_hook(lambda mod, args: inputs.append(args[0]))
+    with torch.no_grad():
+        model(idx)
+    handle.remove()
+    assert inputs[0].untyped_storage().data_ptr() in buffers
+
+
+def saved_bytes(model: GPT, idx: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for the backward of one forward pass."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(idx).sum()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("implementation", ["fast", "reference"])
+@pytest.mark.parametrize("depth,k,p", [(12, 1, 1), (12, 4, 5), (12, 2, 3)])
+def test_training_keeps_at_most_one_extra_output_per_dwa_step(depth, k, p, implementation):
+    torch.manual_seed(0)
+    transformer = GPT(64, depth, WIDTH, HEADS, SEQ, mixer=Residual(depth))
+    dwa = DWA(depth, k, p, implementation=implementation)
+    denseformer = GPT(64, depth, WIDTH, HEADS, SEQ, mixer=dwa)
+    idx = torch.randint(0, 64, (BATCH, SEQ))
+    output_bytes = BATCH * SEQ * WIDTH * 4
+    alpha_bytes = sum(a.numel() * 4 for a in dwa.alphas)
+    extra = saved_bytes(denseformer, idx) - saved_bytes(transformer, idx)
+    assert extra <= len(dwa.dwa_depths) * output_bytes + alpha_bytes
+
+
+def test_consecutive_steps_reuse_the_buffers_and_agree():
+    torch.manual_seed(0)
+    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(12)))
+    idx = torch.randint(0, 64, (BATCH, SEQ))
+    grads, buffers = [], []
+    for _ in range(3):
+        model(idx).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        buffers.append(model.mixer.workspace[("X", 0)].data_ptr())
+        model.zero_grad(set_to_none=True)
+    assert buffers[0] == buffers[1] == buffers[2]
+    for g in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], g))
+
+
+def test_a_buffer_still_in_use_is_not_overwritten():
+    """A hook that keeps block inputs (views into the buffers: Y_1 = X_1 of the lane, Y_2 of a DWA's
+    partial sums) keeps them valid through the next forward pass."""
+    torch.manual_seed(0)
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(6, 1, 2)))
+    kept = []
+    for block in model.blocks[1:3]:
+        block.ln_1.register_forward_pre_hook(lambda mod, args: kept.append(args[0]))
+    with torch.no_grad():
+        model(torch.randint(0, 64, (BATCH, SEQ)))
+        first = [t.clone() for t in kept]
+        model(torch.randint(0, 64, (BATCH, SEQ)))
+    assert all(torch.equal(a, b) for a, b in zip(kept[:2], first))
