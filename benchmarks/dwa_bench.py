@@ -6,6 +6,8 @@ Side by side, in one process, with interleaved repetitions and medians, on the t
 ratios are those of the part DWA changes, the strictest measure):
 
   transformer   the plain residual stream (`denselab.models.Residual`)
+  keep_outputs  the same, but every block output stays alive until the end, as any DWA needs (no
+                averaging at all): what keeping the outputs alone costs
   naive         App. A.1, Listings 1-2: a list of outputs, one multiply-add per source
   paper_a2      App. A.2, Listing 3: accumulator + InPlaceSetSlice + tensordot (benchmarks/paper_listings.py)
   ours          `denselab.models.DWA` (the fast scheme of src/denselab/models/dwa.py)
@@ -15,8 +17,8 @@ forward + backward ("train"), at a small width (256) and at the paper's (768), h
 Per row: the median time, its ratio to the Transformer, for ours the speed-up over paper_a2 and the
 achieved fraction of the memory-traffic bound of its scheme (`Plan.traffic` tensor transfers at the
 copy bandwidth measured here, over the time it adds to the Transformer), and for train rows the peak
-extra memory of one step (peak RSS of a fresh process over its RSS before the step on CPU,
-`max_memory_allocated` on CUDA).
+extra memory of two steps at the largest depth (peak RSS of a fresh process over its RSS before
+the steps on CPU, `max_memory_allocated` on CUDA).
 
 Then: ours with every group size of its blocked scheme (what `group_size` rests on), whole-model
 `torch.compile` (compile time and compiled step ratios), and KV-cached decoding
@@ -65,9 +67,23 @@ def parse_pattern(pattern: str) -> tuple[int, int]:
     return int(k), int(p)
 
 
+class KeepOutputs(torch.nn.Module):
+    """The Transformer's wiring, with every block output kept alive until the end of the forward
+    pass (as a DWA keeps them), and no averaging."""
+
+    def forward(self, x0: torch.Tensor, blocks: torch.nn.ModuleList, rotary) -> torch.Tensor:
+        outputs, x = [x0], x0
+        for block in blocks:
+            x = block(x, rotary)
+            outputs.append(x)
+        return x
+
+
 def build_mixer(variant: str, depth: int, pattern: str | None) -> torch.nn.Module:
     if variant == "transformer":
         return Residual(depth)
+    if variant == "keep_outputs":
+        return KeepOutputs()
     k, p = parse_pattern(pattern)
     return {"naive": NaiveDWA, "paper_a2": PaperA2DWA, "ours": DWA}[variant](depth, k, p)
 
@@ -131,7 +147,11 @@ def peak_extra_memory(args, width: int, depth: int, tokens: tuple[int, int], var
            json.dumps([width, depth, tokens, variant, pattern, args.device, args.dtype])]
     if args.device == "cuda":
         return measure_peak(width, depth, tokens, variant, pattern, args.device, args.dtype)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # A fixed mmap threshold: glibc then maps every large tensor on its own and unmaps it when freed,
+    # so the peak RSS follows the live tensors (with the default, adaptive threshold freed tensors
+    # stay in the heap and every variant showed the same peak).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -167,7 +187,7 @@ def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int
     """Rows for one (width, depth): every variant and pattern, infer and train."""
     dtype = DTYPES[args.dtype]
     model = build_trunk(depth, width, tokens[1], args.device, dtype)
-    mixers = {("transformer", None): Residual(depth)}
+    mixers = {("transformer", None): Residual(depth), ("keep_outputs", None): KeepOutputs()}
     for pattern in args.patterns:
         if parse_pattern(pattern)[1] > depth:
             continue  # a period beyond the depth places no DWA
@@ -196,7 +216,7 @@ def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int
                            bound_fraction=bound / (t - base) if t > base else float("nan"),
                            speedup_vs_paper_a2=medians[("paper_a2", pattern)] / t
                            if ("paper_a2", pattern) in medians else float("nan"))
-            if train and args.memory:
+            if train and args.memory and depth == max(args.depths):
                 row["peak_extra_mb"] = peak_extra_memory(args, width, depth, tokens, variant, pattern)
             rows.append(row)
             print(format_row(row), flush=True)
@@ -337,6 +357,9 @@ def summarize_goals(rows: list[dict], depth: int) -> list[str]:
     df = pd.DataFrame(rows)
     lines = []
     for width in sorted(df.width.unique()):
+        keep = df[(df.depth == depth) & (df.width == width) & (df.variant == "keep_outputs")]
+        for _, r in keep.iterrows():
+            lines.append(f"  w={width:<4}    - {r['mode']:<5} x{r['ratio']:.3f}  keeping the outputs alone (keep_outputs)")
         d = df[(df.depth == depth) & (df.width == width) & (df.variant == "ours")]
         for pattern, mode, goal in GOALS:
             r = d[(d.pattern == pattern) & (d["mode"] == mode)]

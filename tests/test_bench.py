@@ -43,7 +43,7 @@ def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
     rows = pd.read_csv(tmp_path / "dwa.csv")
     for (depth, mode), group in rows.groupby(["depth", "mode"]):
-        assert set(group.variant) == {"transformer", "naive", "paper_a2", "ours"}
+        assert set(group.variant) == {"transformer", "keep_outputs", "naive", "paper_a2", "ours"}
         assert group[group.variant == "transformer"].ratio.tolist() == [1.0]
     assert set(rows["mode"]) == {"infer", "train"} and (rows.median_ms > 0).all()
     ours = rows[rows.variant == "ours"]
