@@ -16,9 +16,10 @@ for depth 12 and 48, k×p in {1x1, 2x1, 4x1, 4x5, 12x1}, forward only ("infer", 
 forward + backward ("train"), at a small width (256) and at the paper's (768), heads of 64 dims.
 Per row: the median time, its ratio to the Transformer, for ours the speed-up over paper_a2 and the
 achieved fraction of the memory-traffic bound of its scheme (`Plan.traffic` tensor transfers at the
-copy bandwidth measured here, over the time it adds to the Transformer), and for train rows the peak
-extra memory of two steps at the largest depth (peak RSS of a fresh process over its RSS before
-the steps on CPU, `max_memory_allocated` on CUDA).
+copy bandwidth measured here, over the time it adds to the Transformer). Section "memory": the peak
+extra memory of two training steps at the largest depth (on CPU the RSS high-water mark of a fresh
+process over its RSS before the steps, with a fixed glibc mmap threshold so that freed tensors go
+back to the OS; `max_memory_allocated` on CUDA).
 
 Then: ours with every group size of its blocked scheme (what `group_size` rests on), whole-model
 `torch.compile` (compile time and compiled step ratios), and KV-cached decoding
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -160,6 +160,13 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss_bytes() -> int:
+    """This process's RSS high-water mark. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss
+    over from the parent through fork and exec, so every child reported the benchmark's own peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def measure_peak(width, depth, tokens, variant, pattern, device, dtype_name) -> float:
     dtype = DTYPES[dtype_name]
     model = build_trunk(depth, width, tokens[1], device, dtype)
@@ -179,8 +186,7 @@ def measure_peak(width, depth, tokens, variant, pattern, device, dtype_name) -> 
     for _ in range(2):  # the second step shows what the first one leaves behind (reused buffers)
         run_once(model, mixer, x0, grad, True)
         clear_grads(model, [mixer], x0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
-    return (peak - before) / 2**20
+    return (peak_rss_bytes() - before) / 2**20
 
 
 def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int, bandwidth: float) -> list[dict]:
@@ -216,8 +222,6 @@ def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int
                            bound_fraction=bound / (t - base) if t > base else float("nan"),
                            speedup_vs_paper_a2=medians[("paper_a2", pattern)] / t
                            if ("paper_a2", pattern) in medians else float("nan"))
-            if train and args.memory and depth == max(args.depths):
-                row["peak_extra_mb"] = peak_extra_memory(args, width, depth, tokens, variant, pattern)
             rows.append(row)
             print(format_row(row), flush=True)
     return rows
@@ -386,9 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7 small, 3 paper width)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory processes")
-    parser.add_argument("--sections", nargs="+", default=["dwa", "groups", "compile", "decode"],
-                        choices=["dwa", "groups", "compile", "decode"])
+        parser.add_argument("--sections", nargs="+", default=["dwa", "memory", "groups", "compile", "decode"],
+                        choices=["dwa", "memory", "groups", "compile", "decode"])
     parser.add_argument("--compile-depth", type=int, default=12, help="depth of the compile section (width 256)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the CSVs (default experiments/bench/…)")
@@ -426,6 +429,30 @@ def main(argv: list[str] | None = None) -> None:
         if lines:
             print(f"-- goals at depth {max(args.depths)} --")
             print("\n".join(lines))
+    if "memory" in args.sections:
+        print("-- peak extra memory of two training steps (fresh process per variant) --", flush=True)
+        rows = []
+        for width in args.widths:
+            tokens = (1, 32) if args.quick else (4, 256) if width < 512 else (1, 256)
+            depth = max(args.depths)
+            for variant, pattern in [("transformer", None), ("keep_outputs", None),
+                                     *((v, p) for p in args.patterns if parse_pattern(p)[1] <= depth
+                                       for v in args.variants)]:
+                mb = peak_extra_memory(args, width, depth, tokens, variant, pattern)
+                rows.append({"width": width, "depth": depth, "batch": tokens[0], "seq": tokens[1],
+                             "pattern": pattern or "-", "variant": variant, "peak_extra_mb": mb})
+            base = next(r["peak_extra_mb"] for r in rows if r["width"] == width and r["variant"] == "transformer")
+            for r in rows:
+                if r["width"] == width:
+                    r["extra_vs_transformer_mb"] = r["peak_extra_mb"] - base
+                    r["outputs_per_dwa_step"] = (r["extra_vs_transformer_mb"] * 2**20 / (
+                        tokens[0] * tokens[1] * width * torch.empty(0, dtype=DTYPES[args.dtype]).element_size())
+                        / max(1, len(DWA(depth, *parse_pattern(r["pattern"])).dwa_depths))) if r["pattern"] != "-" else None
+                    print(f"  d={depth} w={width} {r['pattern']:>4} {r['variant']:<12} peak +{r['peak_extra_mb']:7.1f} MB"
+                          f"  ({r['extra_vs_transformer_mb']:+6.1f} MB vs the Transformer"
+                          + (f", {r['outputs_per_dwa_step']:.2f} outputs per DWA step)" if r["outputs_per_dwa_step"]
+                             is not None else ")"), flush=True)
+        write_csv(rows, out / "memory.csv")
     if "groups" in args.sections:
         print("-- group size g of the blocked scheme (ours; ratios to the Transformer) --", flush=True)
         width, depth, tokens = (64, 12, (1, 32)) if args.quick else (256, 48, (4, 256))

@@ -38,8 +38,9 @@ def test_paper_listings_compute_the_same_dwa_as_ours(baseline, depth, k, p):
 
 
 def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
-    cmd = [sys.executable, "benchmarks/dwa_bench.py", "--quick", "--no-memory", "--threads", "1",
-           "--sections", "dwa", "decode", "--out", str(tmp_path)]
+    cmd = [sys.executable, "benchmarks/dwa_bench.py", "--quick", "--threads", "1",
+           "--patterns", "1x1", "4x5",
+           "--sections", "dwa", "memory", "decode", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
     rows = pd.read_csv(tmp_path / "dwa.csv")
     for (depth, mode), group in rows.groupby(["depth", "mode"]):
@@ -51,4 +52,6 @@ def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
     decode = pd.read_csv(tmp_path / "decode.csv")
     assert list(decode.model) == ["transformer", "denseformer 1x1", "denseformer 4x5"]
     assert (decode.tokens_per_s > 0).all() and "-- goals at depth 12 --" in proc.stdout
+    memory = pd.read_csv(tmp_path / "memory.csv")
+    assert len(memory) == 2 + 2 * 3 and memory.peak_extra_mb.notna().all()
     assert (tmp_path / "machine.json").is_file()
