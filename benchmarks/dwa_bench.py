@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7 small, 3 paper width)")
     parser.add_argument("--warmup", type=int, default=1)
-        parser.add_argument("--sections", nargs="+", default=["dwa", "memory", "groups", "compile", "decode"],
+    parser.add_argument("--sections", nargs="+", default=["dwa", "memory", "groups", "compile", "decode"],
                         choices=["dwa", "memory", "groups", "compile", "decode"])
     parser.add_argument("--compile-depth", type=int, default=12, help="depth of the compile section (width 256)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
