@@ -29,7 +29,8 @@ tokens/s of 48-block models with the GPT-2 vocabulary (`denselab.generate`).
     .venv/bin/python benchmarks/dwa_bench.py --quick         # tiny shapes, seconds (what the tests run)
     .venv/bin/python benchmarks/dwa_bench.py --device cuda --dtype bf16
 
-Results: experiments/bench/<device>-<dtype>/{dwa,groups,compile,decode}.csv and machine.json (atomic writes).
+Results: experiments/bench/<device>-<dtype>/{dwa,memory,groups,compile,decode}.csv and machine.json (machine,
+commit and command per section; atomic writes).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info  # noqa: E402
+from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info, read_json  # noqa: E402
 from denselab.models import DWA, GPT, Residual  # noqa: E402
 from denselab.models.dwa import group_size  # noqa: E402
 from paper_listings import NaiveDWA, PaperA2DWA  # noqa: E402
@@ -412,7 +413,10 @@ def main(argv: list[str] | None = None) -> None:
                "dtype": args.dtype, "command": " ".join([Path(sys.executable).name, *sys.argv])}
     print(f"== DWA benchmark on {machine['processor']} ({machine['cpu_count']} CPUs, {machine['threads']} torch threads), "
           f"torch {machine['torch']}, {args.device} {args.dtype}, commit {machine.get('commit', '?')[:7]} ==")
-    atomic_write_json(out / "machine.json", machine)
+    # One entry per section, so that a run of some sections keeps the provenance of the others.
+    sections = read_json(out / "machine.json") or {}
+    sections = sections if all(isinstance(v, dict) for v in sections.values()) else {}
+    atomic_write_json(out / "machine.json", {**sections, **{name: machine for name in args.sections}})
 
     if "dwa" in args.sections:
         rows = []

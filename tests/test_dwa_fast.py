@@ -231,3 +231,17 @@ def test_a_buffer_still_in_use_is_not_overwritten():
         first = [t.clone() for t in kept]
         model(torch.randint(0, 64, (BATCH, SEQ)))
     assert all(torch.equal(a, b) for a, b in zip(kept[:2], first))
+
+
+def test_training_after_validation_in_inference_mode_gets_fresh_buffers():
+    """Lightning validates under torch.inference_mode; its buffers cannot be written by training."""
+    torch.manual_seed(0)
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(6)))
+    idx = torch.randint(0, 64, (BATCH, SEQ))
+    with torch.inference_mode():
+        validated = model(idx)
+    trained = model(idx)
+    trained.square().mean().backward()
+    torch.testing.assert_close(trained.detach(), validated, rtol=0, atol=1e-6)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(idx), validated, rtol=0, atol=1e-6)

@@ -386,14 +386,16 @@ class Workspace(dict):
     pages costs far more than the write itself: measured on the reference CPU, filling a fresh 49 MB
     tensor takes 11.9 ms against 1.0 ms for one already touched (the 1x1 buffer at depth 48, batch
     8 x 128, width 256). A buffer is reused only when nothing else holds its storage any more (the
-    previous step's graph is gone, no hook kept a view), otherwise a new one replaces it.
+    previous step's graph is gone, no hook kept a view) and was made in the same inference mode (a
+    tensor made under `torch.inference_mode`, as in Lightning's validation, cannot be written to
+    outside it), otherwise a new one replaces it.
     `DWA.free_workspace()` drops them. (GPUs have a caching allocator that does this already.)
     """
 
     def take(self, key, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         t = self.get(key)
         if (t is None or _ALONE is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device
-                or _storage_users(t) != _ALONE):
+                or _storage_users(t) != _ALONE or t.is_inference() != torch.is_inference_mode_enabled()):
             t = like.new_empty(shape)
             if _ALONE is not None:
                 self[key] = t
