@@ -93,8 +93,11 @@ def register_resolvers() -> None:
 # ---------------------------------------------------------------------------------------------
 
 # Keys that do not change what is trained (names, folders, reporting, logging, measuring).
-NOT_TRAINING = ("experiment_name", "name", "report", "paths", "ckpt_path", "speed", "matmul_precision", "num_threads")
-NOT_TRAINING_NESTED = (("data", "num_proc"), ("trainer", "enable_progress_bar"), ("callbacks",), ("logger",))
+NOT_TRAINING = ("experiment_name", "name", "report", "paths", "ckpt_path", "speed", "matmul_precision", "num_threads",
+                "compile")
+# (DWA's `implementation`: the same sums either way, exact to 1e-5; runs made before it existed still match.)
+NOT_TRAINING_NESTED = (("data", "num_proc"), ("trainer", "enable_progress_bar"), ("callbacks",), ("logger",),
+                       ("model", "net", "mixer", "implementation"))
 
 
 def training_fingerprint(resolved: dict) -> str:
