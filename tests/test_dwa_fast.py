@@ -245,3 +245,21 @@ def test_training_after_validation_in_inference_mode_gets_fresh_buffers():
     torch.testing.assert_close(trained.detach(), validated, rtol=0, atol=1e-6)
     with torch.inference_mode():
         torch.testing.assert_close(model(idx), validated, rtol=0, atol=1e-6)
+
+
+def test_decoding_reuses_the_alpha_matrices_until_an_alpha_changes():
+    torch.manual_seed(0)
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(6))).eval()
+    idx = torch.randint(0, 64, (1, 1))
+    with torch.no_grad():
+        first = model(idx)
+        cached = model.mixer.workspace.alpha_cache
+        torch.testing.assert_close(model(idx), first, rtol=0, atol=0)
+        assert model.mixer.workspace.alpha_cache is cached
+        model.mixer.alphas[2].mul_(2.0)  # in place, as an optimiser step or load_state_dict does
+        changed = model(idx)
+    reference = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=DWA(6, implementation="reference")).eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(changed, reference(idx), rtol=0, atol=1e-6)
+    assert model.mixer.workspace.alpha_cache is not cached and not torch.equal(changed, first)
