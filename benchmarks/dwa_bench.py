@@ -144,10 +144,10 @@ def copy_bandwidth(numel: int, device: str, dtype: torch.dtype, reps: int = 7) -
 
 def peak_extra_memory(args, width: int, depth: int, tokens: tuple[int, int], variant: str, pattern: str | None) -> float:
     """MB one training step adds at its peak: on CUDA in this process, on CPU in a fresh one (RSS)."""
-    cmd = [sys.executable, __file__, "--peak-memory-of",
-           json.dumps([width, depth, tokens, variant, pattern, args.device, args.dtype])]
     if args.device == "cuda":
         return measure_peak(width, depth, tokens, variant, pattern, args.device, args.dtype)
+    cmd = [sys.executable, __file__, "--peak-memory-of",
+           json.dumps([width, depth, tokens, variant, pattern, args.device, args.dtype])]
     # A fixed mmap threshold: glibc then maps every large tensor on its own and unmaps it when freed,
     # so the peak RSS follows the live tensors (with the default, adaptive threshold freed tensors
     # stay in the heap and every variant showed the same peak).

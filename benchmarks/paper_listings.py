@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 
-class NaiveDWA(nn.Module):
-    """kxp DWA as in Listings 1-2 (see module doc); α as in `DWA(depth, dilation, period)`."""
+class _PaperDWA(nn.Module):
+    """α of a kxp DWA (paper semantics), laid out as `denselab.models.DWA`'s: one vector per DWA
+    step over its sources in ascending order, initialised to the identity (the last one is 1)."""
 
     def __init__(self, depth: int, dilation: int = 1, period: int = 1):
         super().__init__()
@@ -43,6 +44,10 @@ class NaiveDWA(nn.Module):
         with torch.no_grad():
             for a in self.alphas:
                 a[-1] = 1.0
+
+
+class NaiveDWA(_PaperDWA):
+    """kxp DWA as in Listings 1-2 (see module doc); α as in `DWA(depth, dilation, period)`."""
 
     def forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary) -> torch.Tensor:
         alphas = dict(zip(self.dwa_depths, self.alphas))
@@ -76,17 +81,8 @@ class _WriteRow(torch.autograd.Function):
         return None, (grad[:row] if row > 0 else None), None, grad[row]
 
 
-class PaperA2DWA(nn.Module):
+class PaperA2DWA(_PaperDWA):
     """kxp DWA the App. A.2 way (see module doc); α as in `DWA(depth, dilation, period)`."""
-
-    def __init__(self, depth: int, dilation: int = 1, period: int = 1):
-        super().__init__()
-        self.depth, self.dilation, self.period = depth, dilation, period
-        self.dwa_depths = [i for i in range(1, depth + 1) if i % period == 0]
-        self.alphas = nn.ParameterList(nn.Parameter(torch.zeros(i // dilation + 1)) for i in self.dwa_depths)
-        with torch.no_grad():
-            for a in self.alphas:
-                a[-1] = 1.0
 
     def forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary) -> torch.Tensor:
         k = self.dilation

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -441,7 +442,7 @@ class _Run:
     def _hidden_write(self, tensor: torch.Tensor):
         """Writes to rows nobody has read yet, kept from bumping the version counter that autograd
         checks for the rows it has saved (the buffer's other rows)."""
-        return torch.autograd._unsafe_preserve_version_counter(tensor) if self.track else _NoOp()
+        return torch.autograd._unsafe_preserve_version_counter(tensor) if self.track else nullcontext()
 
     # -- forward ----------------------------------------------------------------------------------
     def store(self, j: int, x: torch.Tensor | None = None, h: torch.Tensor | None = None,
@@ -508,14 +509,6 @@ class _Run:
         return self.plan.alpha_gradients(grads, alphas_like)
 
 
-class _NoOp:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 class _Begin(torch.autograd.Function):
     """Y_0 = X_0 (kept in its lane when some DWA reads it). Its backward runs after every other DWA
     node's (its output feeds block 1), so it returns ∂L/∂X_0 and all the α gradients."""
@@ -576,7 +569,7 @@ def _begin(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, group: int 
 
 def _no_autocast(x: torch.Tensor):
     """The sums stay in the activation dtype under autocast (a no-op context when it is off)."""
-    return torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NoOp()
+    return torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else nullcontext()
 
 
 def fast_forward(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, blocks: nn.ModuleList,
