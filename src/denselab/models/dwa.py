@@ -133,11 +133,11 @@ class DWA(nn.Module):
         if torch.compiler.is_compiling():
             # Inside torch.compile the readable loop traces into one graph and Inductor fuses the
             # sums itself; the fast scheme's autograd.Function and in-place buffer writes would cut
-            # the graph at every DWA step (measured: benchmarks/README.md, "compile").
+            # the graph at every DWA step (benchmarks/README.md, "compile").
             return self.reference_forward(x0, blocks, rotary)
         if self.uses_fast_path:
-            # The ParameterList's own dict: iterating the ParameterList costs ~1 µs per α tensor,
-            # 51 µs at depth 48, as much as a decoded token's whole DWA arithmetic.
+            # The ParameterList's own dict: iterating the ParameterList goes through a string-keyed
+            # getattr per α tensor, which in token-by-token decoding is a visible share of a DWA's cost.
             alphas = list(self.alphas._parameters.values())
             return fast_forward(self.plan, alphas, x0, blocks, rotary, self.group, self.workspace)
         return self.reference_forward(x0, blocks, rotary)
@@ -387,9 +387,7 @@ class Workspace(dict):
     """Large buffers of the fast scheme kept from one forward pass to the next.
 
     Why: CPU tensors of more than a few MB come straight from the OS, and the first write to fresh
-    pages costs far more than the write itself: measured on the reference CPU, filling a fresh 49 MB
-    tensor takes 11.9 ms against 1.0 ms for one already touched (the 1x1 buffer at depth 48, batch
-    8 x 128, width 256). A buffer is reused only when nothing else holds its storage any more (the
+    pages (page faults) costs several times the write itself. A buffer is reused only when nothing else holds its storage any more (the
     previous step's graph is gone, no hook kept a view) and was made in the same inference mode (a
     tensor made under `torch.inference_mode`, as in Lightning's validation, cannot be written to
     outside it), otherwise a new one replaces it.
