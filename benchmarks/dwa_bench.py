@@ -132,6 +132,28 @@ def time_interleaved(calls: dict, reps: int, warmup: int, device: str, between=l
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def steady_allocator() -> str:
+    """Keep freed memory in the process (glibc `mallopt`), so that every variant reuses warm pages.
+
+    Why: by default glibc maps each large tensor on its own and unmaps it when freed, or trims the
+    heap, depending on the history of the process; a step that gets fresh pages pays a page fault
+    per 4 KB, and which variant pays it depends on what ran before. Measured at depth 48, width 256,
+    the same Transformer forward took 406 ms in one run and 478 ms in another, and keeping the block
+    outputs alone (`keep_outputs`) cost x1.016 in one and x1.165 in the other. With mmap off and no
+    trimming, what a step allocates comes from pages already touched, as with a GPU's caching allocator.
+    `--malloc default` measures with glibc's defaults instead.
+    """
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
+    settings = [(m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 256 * 2**20)]
+    if not all(libc.mallopt(param, value) == 1 for param, value in settings):
+        raise RuntimeError("mallopt refused a setting; run with --malloc default")
+    return "steady (glibc mallopt: M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1, M_TOP_PAD=256 MiB)"
+
+
 def copy_bandwidth(numel: int, device: str, dtype: torch.dtype, reps: int = 7) -> float:
     """Bytes/s of `dst.copy_(src)` (read + write) over a tensor far larger than any cache."""
     n = max(numel, 64 * 2**20 // torch.empty(0, dtype=dtype).element_size())
@@ -219,10 +241,12 @@ def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int
                 group = group_size(mixer.plan, x0.numel(), train=train)
                 traffic = mixer.plan.traffic(group, train=train)
                 bound = traffic * tensor_bytes / bandwidth
+                a2 = medians.get(("paper_a2", pattern), float("nan"))
                 row.update(group=group, traffic_tensors=traffic, bound_ms=1e3 * bound,
                            bound_fraction=bound / (t - base) if t > base else float("nan"),
-                           speedup_vs_paper_a2=medians[("paper_a2", pattern)] / t
-                           if ("paper_a2", pattern) in medians else float("nan"))
+                           # whole trunk, and the DWA alone: the time each adds to the Transformer
+                           speedup_vs_paper_a2=a2 / t,
+                           dwa_speedup_vs_paper_a2=(a2 - base) / (t - base) if t > base else float("nan"))
             rows.append(row)
             print(format_row(row), flush=True)
     return rows
@@ -232,7 +256,7 @@ def format_row(row: dict) -> str:
     text = (f"  d={row['depth']:<3} w={row['width']:<4} {row['mode']:<5} {row['pattern']:>4} {row['variant']:<11} "
             f"{row['median_ms']:9.2f} ms  x{row['ratio']:.3f}")
     if "traffic_tensors" in row:
-        text += (f"  vs A.2 {row['speedup_vs_paper_a2']:.2f}x faster  traffic {row['traffic_tensors']} tensors (g={row['group']}),"
+        text += (f"  vs A.2 {row['speedup_vs_paper_a2']:.2f}x (DWA alone {row['dwa_speedup_vs_paper_a2']:.2f}x)  traffic {row['traffic_tensors']} tensors (g={row['group']}),"
                  f" bound {row['bound_ms']:.2f} ms = {100 * row['bound_fraction']:.0f} % of the added time")
     if "peak_extra_mb" in row:
         text += f"  peak +{row['peak_extra_mb']:.0f} MB"
@@ -374,9 +398,10 @@ def summarize_goals(rows: list[dict], depth: int) -> list[str]:
                              f"{'met' if ratio <= goal else 'MISSED'}")
         r = d[(d.pattern == "1x1") & (d["mode"] == "train")]
         if len(r):
-            speedup = float(r.speedup_vs_paper_a2.iloc[0])
-            lines.append(f"  w={width:<4}  1x1 train ours {speedup:.2f}x faster than paper_a2  goal >= 1.50  "
-                         f"{'met' if speedup >= 1.5 else 'MISSED'}")
+            # The goal is on "the 1x1 DWA forward+backward": the time the DWA adds to the Transformer.
+            speedup, trunk = float(r.dwa_speedup_vs_paper_a2.iloc[0]), float(r.speedup_vs_paper_a2.iloc[0])
+            lines.append(f"  w={width:<4}  1x1 train ours {speedup:.2f}x faster than paper_a2 on the DWA's added time "
+                         f"({trunk:.2f}x on the whole trunk)  goal >= 1.50  {'met' if speedup >= 1.5 else 'MISSED'}")
     return lines
 
 
@@ -396,6 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile-depth", type=int, default=12, help="depth of the compile section (width 256)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the CSVs (default experiments/bench/…)")
+    parser.add_argument("--malloc", default="steady", choices=["steady", "default"],
+                        help="CPU: keep freed memory in the process (see steady_allocator) or glibc's defaults")
     parser.add_argument("--peak-memory-of", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -409,10 +436,13 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or ROOT / "experiments" / "bench" / f"{args.device}-{args.dtype}"
     out.mkdir(parents=True, exist_ok=True)
 
+    # After the memory children branch off above: they set their own allocator (`peak_extra_memory`).
+    malloc = steady_allocator() if args.device == "cpu" and args.malloc == "steady" else "default"
     machine = {**machine_info(), **git_info(ROOT), "threads": torch.get_num_threads(), "device": args.device,
-               "dtype": args.dtype, "command": " ".join([Path(sys.executable).name, *sys.argv])}
+               "dtype": args.dtype, "malloc": malloc, "command": " ".join([Path(sys.executable).name, *sys.argv])}
     print(f"== DWA benchmark on {machine['processor']} ({machine['cpu_count']} CPUs, {machine['threads']} torch threads), "
           f"torch {machine['torch']}, {args.device} {args.dtype}, commit {machine.get('commit', '?')[:7]} ==")
+    print(f"allocator: {malloc}")
     # One entry per section, so that a run of some sections keeps the provenance of the others.
     sections = read_json(out / "machine.json") or {}
     sections = sections if all(isinstance(v, dict) for v in sections.values()) else {}

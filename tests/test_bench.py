@@ -3,6 +3,7 @@ row per variant with ratios to the Transformer."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -49,9 +50,11 @@ def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
     assert set(rows["mode"]) == {"infer", "train"} and (rows.median_ms > 0).all()
     ours = rows[rows.variant == "ours"]
     assert (ours.traffic_tensors > 0).all() and ours.speedup_vs_paper_a2.notna().all()
+    assert "dwa_speedup_vs_paper_a2" in ours  # the DWA's own added time, next to the whole trunk's
     decode = pd.read_csv(tmp_path / "decode.csv")
     assert list(decode.model) == ["transformer", "denseformer 1x1", "denseformer 4x5"]
     assert (decode.tokens_per_s > 0).all() and "-- goals at depth 12 --" in proc.stdout
     memory = pd.read_csv(tmp_path / "memory.csv")
     assert len(memory) == 2 + 2 * 3 and memory.peak_extra_mb.notna().all()
-    assert (tmp_path / "machine.json").is_file()
+    machine = json.loads((tmp_path / "machine.json").read_text())
+    assert machine["dwa"]["malloc"].startswith("steady") and "allocator: steady" in proc.stdout

@@ -45,14 +45,15 @@ def naive_mixer(x0, blocks, rotary, alphas: dict[int, torch.Tensor], sources: di
     return y
 
 
-def compare_with_naive(mixer: DWA, sources: dict[int, list[int]], dtype=torch.float32, group: int | None = None):
+def compare_with_naive(mixer: DWA, sources: dict[int, list[int]], dtype=torch.float32, group: int | None = None,
+                       batch: int = BATCH, seq: int = SEQ):
     """Values and gradients (x0, α, every block parameter) of `mixer` against `naive_mixer`."""
     torch.manual_seed(0)
     depth = mixer.depth
-    model = GPT(64, depth, WIDTH, HEADS, SEQ, mixer=perturbed(mixer)).to(dtype)
+    model = GPT(64, depth, WIDTH, HEADS, seq, mixer=perturbed(mixer)).to(dtype)
     mixer.group = group
-    x0 = torch.randn(BATCH, SEQ, WIDTH, dtype=dtype, requires_grad=True)
-    weight = torch.randn(BATCH, SEQ, WIDTH, dtype=dtype)
+    x0 = torch.randn(batch, seq, WIDTH, dtype=dtype, requires_grad=True)
+    weight = torch.randn(batch, seq, WIDTH, dtype=dtype)
     params = [x0, *mixer.alphas, *model.blocks.parameters()]
 
     fast = mixer(x0, model.blocks, model.rotary)
@@ -83,6 +84,18 @@ def test_fast_dwa_equals_the_naive_formula_in_fp32(depth, k, p, semantics):
 def test_every_group_size_of_the_blocked_scheme_is_exact(depth, k, p, group):
     sources = {i: naive_sources("paper", depth, i, k, p) for i in range(p, depth + 1, p)}
     fast, ref, fast_grads, ref_grads = compare_with_naive(DWA(depth, k, p), sources, dtype=torch.float64, group=group)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    for g_fast, g_ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("depth,k,p", [(12, 1, 1), (12, 4, 1)])
+def test_alpha_gradients_are_exact_when_summed_over_column_chunks(depth, k, p):
+    # 3 x 1,100 tokens x 16 = 52,800 numbers per output: 12 chunks of 4,096 and a tail (`dwa._gram`)
+    sources = {i: naive_sources("paper", depth, i, k, p) for i in range(p, depth + 1, p)}
+    fast, ref, fast_grads, ref_grads = compare_with_naive(DWA(depth, k, p), sources, dtype=torch.float64,
+                                                          batch=3, seq=1100)
+    assert 3 * 1100 * WIDTH % 4096 != 0 and 3 * 1100 * WIDTH // 4096 >= 2
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
     for g_fast, g_ref in zip(fast_grads, ref_grads):
         torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)

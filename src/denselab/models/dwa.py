@@ -502,9 +502,31 @@ class _Run:
         return Q[r].view(self.shape)
 
     def alpha_grads(self, alphas_like: torch.Tensor) -> list[torch.Tensor]:
-        """∂L/∂α_{i,j} = <G_i, X_j>: one product G · Xᵀ (R, S) per lane."""
-        grads = [G @ X.t() for G, X in zip(self.grads, self.buffers)]
+        """∂L/∂α_{i,j} = <G_i, X_j>: one product G · Xᵀ (R, S) per lane, see `_gram`."""
+        grads = [_gram(G, X) for G, X in zip(self.grads, self.buffers)]
         return self.plan.alpha_gradients(grads, alphas_like)
+
+
+def _gram(G: torch.Tensor, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """G · Xᵀ for G (R, N), X (S, N) with few rows and long ones, as a sum over column chunks.
+
+    Why: a plain `G @ X.t()` with R, S ≈ 12 and N ≈ 260k runs at ~6 GB/s on CPU (MKL splits the
+    tiny output, not the long reduction), 5x slower than one batched product over chunks of 4,096
+    columns (`torch.bmm`, each chunk's rows in cache), which then sums the partial (R, S) results.
+    From R·S ≈ 1,000 on (1x1 at depth 48: 48 x 49) the product is compute-bound and the plain one is
+    as fast or faster (measured: 4.3 vs 0.9 ms at 12 x 13, 8.8 vs 11.2 ms at 48 x 49).
+    """
+    R, S, N = G.shape[0], X.shape[0], G.shape[1]
+    n_chunks = N // chunk
+    if n_chunks < 2 or R * S > 1024:
+        return G @ X.t()
+    body = n_chunks * chunk
+    g = G[:, :body].view(R, n_chunks, chunk).transpose(0, 1)  # (n_chunks, R, chunk)
+    x = X[:, :body].view(S, n_chunks, chunk).permute(1, 2, 0)  # (n_chunks, chunk, S)
+    out = torch.bmm(g, x).sum(0)  # (R, S)
+    if body < N:
+        out += G[:, body:] @ X[:, body:].t()
+    return out
 
 
 class _Begin(torch.autograd.Function):
