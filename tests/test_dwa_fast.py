@@ -231,6 +231,15 @@ def test_consecutive_steps_reuse_the_buffers_and_agree():
         assert all(torch.equal(a, b) for a, b in zip(grads[0], g))
 
 
+def test_the_gradient_buffer_is_not_kept_between_training_steps():
+    """G (one row per DWA) is allocated per backward, so a step's peak does not hold last step's G
+    (benchmarks/README.md, memory); the forward's buffers are kept for reuse."""
+    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(12)))
+    model(torch.randint(0, 64, (BATCH, SEQ))).square().mean().backward()
+    kinds = {key[0] for key in model.mixer.workspace}
+    assert "X" in kinds and "G" not in kinds
+
+
 def test_a_buffer_still_in_use_is_not_overwritten():
     """A hook that keeps block inputs (views into the buffers: Y_1 = X_1 of the lane, Y_2 of a DWA's
     partial sums) keeps them valid through the next forward pass."""

@@ -478,7 +478,11 @@ class _Run:
         """Keep G_i = ∂L/∂Y_i for the DWA after block i."""
         n, t = self.plan.row_of[i]
         if self.grads[n] is None:
-            self.grads[n] = self.workspace.take(("G", n), (len(self.plan.lanes[n].rows), grad.numel()), grad)
+            # Fresh every backward, not from the workspace: pages of a fresh buffer are touched only as
+            # its rows are written, while the backward frees the blocks' activations, so the peak does
+            # not hold the whole (R, N) buffer at once. Measured at depth 48, width 256 (memory section):
+            # 1x1 peak +2.34 → +1.35 outputs per DWA step, for ~1 % of a step in page faults.
+            self.grads[n] = grad.new_empty((len(self.plan.lanes[n].rows), grad.numel()))  # (R, N)
         self.grads[n][t].copy_(grad.reshape(-1))
 
     def grad_output(self, j: int, through: torch.Tensor | None) -> torch.Tensor:
