@@ -11,6 +11,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from denselab.models import DWA, GPT, ConnectToLast, LastK, Residual
 from denselab.models.dwa import Plan
 
+def FastDWA(*args, **kwargs) -> DWA:  # noqa: N802 - reads like the class it builds
+    """The fast scheme whatever `implementation="auto"` would pick for the pattern."""
+    return DWA(*args, implementation="fast", **kwargs)
+
+
 WIDTH, HEADS, SEQ, BATCH = 16, 2, 8, 2
 
 
@@ -70,7 +75,7 @@ CASES = [(48, 1, 1), (48, 4, 5), (12, 4, 4), (12, 12, 1), (12, 2, 3), (7, 3, 2),
 @pytest.mark.parametrize("semantics", ["paper", "official"])
 @pytest.mark.parametrize("depth,k,p", CASES)
 def test_fast_dwa_equals_the_naive_formula_in_fp32(depth, k, p, semantics):
-    mixer = DWA(depth, k, p, semantics)
+    mixer = FastDWA(depth, k, p, semantics)
     assert mixer.uses_fast_path
     sources = {i: naive_sources(semantics, depth, i, k, p) for i in range(p, depth + 1, p)}
     fast, ref, fast_grads, ref_grads = compare_with_naive(mixer, sources)
@@ -83,7 +88,7 @@ def test_fast_dwa_equals_the_naive_formula_in_fp32(depth, k, p, semantics):
 @pytest.mark.parametrize("depth,k,p", [(48, 1, 1), (48, 4, 5), (13, 2, 1)])
 def test_every_group_size_of_the_blocked_scheme_is_exact(depth, k, p, group):
     sources = {i: naive_sources("paper", depth, i, k, p) for i in range(p, depth + 1, p)}
-    fast, ref, fast_grads, ref_grads = compare_with_naive(DWA(depth, k, p), sources, dtype=torch.float64, group=group)
+    fast, ref, fast_grads, ref_grads = compare_with_naive(FastDWA(depth, k, p), sources, dtype=torch.float64, group=group)
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
     for g_fast, g_ref in zip(fast_grads, ref_grads):
         torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)
@@ -93,7 +98,7 @@ def test_every_group_size_of_the_blocked_scheme_is_exact(depth, k, p, group):
 def test_alpha_gradients_are_exact_when_summed_over_column_chunks(depth, k, p):
     # 3 x 1,100 tokens x 16 = 52,800 numbers per output: 12 chunks of 4,096 and a tail (`dwa._gram`)
     sources = {i: naive_sources("paper", depth, i, k, p) for i in range(p, depth + 1, p)}
-    fast, ref, fast_grads, ref_grads = compare_with_naive(DWA(depth, k, p), sources, dtype=torch.float64,
+    fast, ref, fast_grads, ref_grads = compare_with_naive(FastDWA(depth, k, p), sources, dtype=torch.float64,
                                                           batch=3, seq=1100)
     assert 3 * 1100 * WIDTH % 4096 != 0 and 3 * 1100 * WIDTH // 4096 >= 2
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
@@ -101,8 +106,9 @@ def test_alpha_gradients_are_exact_when_summed_over_column_chunks(depth, k, p):
         torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-12)
 
 
-def test_connect_to_last_uses_the_fast_path_and_is_exact():
-    mixer = ConnectToLast(12)
+def test_connect_to_last_can_use_the_fast_path_and_is_exact():
+    assert not ConnectToLast(12).uses_fast_path  # auto: each output is read by one DWA only
+    mixer = ConnectToLast(12, implementation="fast")
     assert mixer.uses_fast_path
     fast, ref, fast_grads, ref_grads = compare_with_naive(mixer, {12: naive_sources("connect_to_last", 12, 12)})
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
@@ -120,22 +126,30 @@ def test_last_k_is_not_a_prefix_pattern_and_runs_the_reference_exactly():
         torch.testing.assert_close(g_fast, g_ref, rtol=0, atol=1e-5)
 
 
-def test_fast_is_the_default_and_reference_stays_available():
-    assert DWA(4).implementation == "fast" and DWA(4).uses_fast_path
+def test_auto_is_the_default_and_both_implementations_stay_available():
+    assert DWA(4).implementation == "auto" and FastDWA(4).uses_fast_path
     assert not DWA(4, implementation="reference").uses_fast_path
     with pytest.raises(ValueError, match="implementation='slow'"):
         DWA(4, implementation="slow")
 
 
+def test_auto_runs_the_fast_scheme_where_outputs_are_read_by_many_dwas():
+    # Reads per kept output (Σ|S_i| / kept outputs): 1x1 25.0, 4x1 6.6 → fast; 4x5 1.5, 12x1 2.5 → reference
+    assert DWA(48).uses_fast_path and DWA(48, 4, 1).uses_fast_path and DWA(12).uses_fast_path
+    assert not DWA(48, 4, 5).uses_fast_path and not DWA(48, 12, 1).uses_fast_path
+    # 4x5: DWAs after blocks 5, 10, ..., 45 read 2, 3, 4, 6, 7, 8, 9, 11, 12 outputs, 40 distinct ones
+    assert DWA(48, 4, 5).plan.reads_per_kept_output == pytest.approx(62 / 40)
+
+
 def test_lanes_are_the_residue_classes_of_the_dilation():
-    assert [lane.slots for lane in DWA(8, 2, 1).plan.lanes] == [(0, 2, 4, 6, 8), (1, 3, 5, 7)]
+    assert [lane.slots for lane in FastDWA(8, 2, 1).plan.lanes] == [(0, 2, 4, 6, 8), (1, 3, 5, 7)]
     # official semantics at p = 2: dilation over DWA steps, lanes mod k·p = 4, only outputs at DWA points
-    assert [lane.slots for lane in DWA(8, 2, 2, "official").plan.lanes] == [(0, 4, 8), (2, 6)]
-    assert [lane.rows for lane in DWA(8, 2, 2, "official").plan.lanes] == [(4, 8), (2, 6)]
+    assert [lane.slots for lane in FastDWA(8, 2, 2, "official").plan.lanes] == [(0, 4, 8), (2, 6)]
+    assert [lane.rows for lane in FastDWA(8, 2, 2, "official").plan.lanes] == [(4, 8), (2, 6)]
 
 
 def test_traffic_model_of_one_product_per_dwa_and_of_the_blocked_scheme():
-    plan = DWA(48).plan
+    plan = FastDWA(48).plan
     assert plan.traffic(group=1) == sum(i + 1 + 1 for i in range(1, 49))  # read S_i, write Y_i
     assert plan.traffic(group=6) < 0.35 * plan.traffic(group=1)
 
@@ -143,7 +157,7 @@ def test_traffic_model_of_one_product_per_dwa_and_of_the_blocked_scheme():
 @pytest.mark.parametrize("precision", ["bf16-true", "bf16-autocast"])
 def test_buffers_follow_the_activation_dtype(precision):
     torch.manual_seed(0)
-    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(6, 2, 1)))
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6, 2, 1)))
     reference = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=DWA(6, 2, 1, implementation="reference"))
     reference.load_state_dict(model.state_dict())
     idx = torch.randint(0, 64, (BATCH, SEQ))
@@ -175,7 +189,7 @@ class CountCopies(TorchDispatchMode):
 
 def test_block_outputs_are_written_straight_into_the_buffer():
     torch.manual_seed(0)
-    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=DWA(12, 2, 3))  # keeps X_0, X_1 (no DWA after block 1), ...
+    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=FastDWA(12, 2, 3))  # keeps X_0, X_1 (no DWA after block 1), ...
     idx = torch.randint(0, 64, (BATCH, SEQ))
     with CountCopies((BATCH, SEQ, WIDTH)) as counter, torch.no_grad():
         model(idx)
@@ -218,7 +232,7 @@ def test_training_keeps_at_most_one_extra_output_per_dwa_step(depth, k, p, imple
 
 def test_consecutive_steps_reuse_the_buffers_and_agree():
     torch.manual_seed(0)
-    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(12)))
+    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(12)))
     idx = torch.randint(0, 64, (BATCH, SEQ))
     grads, buffers = [], []
     for _ in range(3):
@@ -234,7 +248,7 @@ def test_consecutive_steps_reuse_the_buffers_and_agree():
 def test_the_gradient_buffer_is_not_kept_between_training_steps():
     """G (one row per DWA) is allocated per backward, so a step's peak does not hold last step's G
     (benchmarks/README.md, memory); the forward's buffers are kept for reuse."""
-    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(12)))
+    model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(12)))
     model(torch.randint(0, 64, (BATCH, SEQ))).square().mean().backward()
     kinds = {key[0] for key in model.mixer.workspace}
     assert "X" in kinds and "G" not in kinds
@@ -244,7 +258,7 @@ def test_a_buffer_still_in_use_is_not_overwritten():
     """A hook that keeps block inputs (views into the buffers: Y_1 = X_1 of the lane, Y_2 of a DWA's
     partial sums) keeps them valid through the next forward pass."""
     torch.manual_seed(0)
-    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(6, 1, 2)))
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6, 1, 2)))
     kept = []
     for block in model.blocks[1:3]:
         block.ln_1.register_forward_pre_hook(lambda mod, args: kept.append(args[0]))
@@ -258,7 +272,7 @@ def test_a_buffer_still_in_use_is_not_overwritten():
 def test_training_after_validation_in_inference_mode_gets_fresh_buffers():
     """Lightning validates under torch.inference_mode; its buffers cannot be written by training."""
     torch.manual_seed(0)
-    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(6)))
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6)))
     idx = torch.randint(0, 64, (BATCH, SEQ))
     with torch.inference_mode():
         validated = model(idx)
@@ -271,7 +285,7 @@ def test_training_after_validation_in_inference_mode_gets_fresh_buffers():
 
 def test_decoding_reuses_the_alpha_matrices_until_an_alpha_changes():
     torch.manual_seed(0)
-    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(DWA(6))).eval()
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6))).eval()
     idx = torch.randint(0, 64, (1, 1))
     with torch.no_grad():
         first = model(idx)

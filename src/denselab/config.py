@@ -228,7 +228,8 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
         _require(cfg, f"{mixer}.dilation", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.period", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.semantics", lambda v: v in ("paper", "official"), "one of paper, official")
-        _require(cfg, f"{mixer}.implementation", lambda v: v in ("fast", "reference"), "one of fast, reference")
+        _require(cfg, f"{mixer}.implementation", lambda v: v in ("auto", "fast", "reference"),
+                 "one of auto, fast, reference")
         _require(cfg, f"{mixer}.k", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.streams", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.block_size", lambda v: v is None or (_is_int(v) and v >= 1),

@@ -19,7 +19,7 @@ from denselab.models.dwa import DWA
 class ConnectToLast(DWA):
     """One DWA, after block d, over X_0..X_d."""
 
-    def __init__(self, depth: int, implementation: str = "fast"):
+    def __init__(self, depth: int, implementation: str = "auto"):
         super().__init__(depth, implementation=implementation)
 
     def _dwa_depths(self) -> list[int]:

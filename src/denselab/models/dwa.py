@@ -23,13 +23,14 @@ experiments/models/denseformer.py), which differs from the formula when p > 1: i
 row, keeps only the outputs at DWA points (X_0, X_p, X_2p, ...) and applies the dilation to the
 DWA-step index, i.e.  S_i = {j ≤ i | j ≡ i (mod k·p)}  for p | i. At p = 1 both are the same.
 
-Two implementations of the same formula (`implementation=`):
+Two implementations of the same formula (`implementation=`; "auto", the default, picks by pattern):
 
 * "reference" — the readable one: one fused multiply-add (`torch.addcmul`) per source over
   references to the stored block outputs. Autograd then does the backward, one node per source.
-* "fast" (default) — the same sums as matrix products over contiguous buffers, with a hand-written
-  backward; see "The fast scheme" below. Used for every pattern whose DWAs read *prefixes of lanes*
-  (kxp in both semantics, connect_to_last); other patterns (last_k) run the reference. Without
+* "fast" — the same sums as matrix products over contiguous buffers, with a hand-written backward;
+  see "The fast scheme" below. It serves every pattern whose DWAs read *prefixes of lanes* (kxp in
+  both semantics, connect_to_last); other patterns (last_k) run the reference. "auto" runs it where
+  it pays: when a kept output is read by ≥ 3 DWAs on average (`Plan.pays_off`). Without
   autograd and on small tensors (token-by-token decoding) it runs `_lean_forward`, the same sums with
   the least Python per step.
 
@@ -57,7 +58,7 @@ from denselab.models.gpt import Rotary
 log = logging.getLogger(__name__)
 
 SEMANTICS = ("paper", "official")
-IMPLEMENTATIONS = ("fast", "reference")
+IMPLEMENTATIONS = ("auto", "fast", "reference")
 
 
 class DWA(nn.Module):
@@ -68,11 +69,11 @@ class DWA(nn.Module):
         dilation: k ≥ 1, DWA_i averages only the X_j with j ≡ i (mod k)  (§3.2).
         period: p ≥ 1, a DWA follows block i only when p | i             (§3.3).
         semantics: "paper" (the formula above) or "official" (the official code's, see module doc).
-        implementation: "fast" (default) or "reference" (see module doc); same values, same α.
+        implementation: "auto" (default), "fast" or "reference" (see module doc); same values, same α.
     """
 
     def __init__(self, depth: int, dilation: int = 1, period: int = 1, semantics: str = "paper",
-                 implementation: str = "fast"):
+                 implementation: str = "auto"):
         super().__init__()
         if depth < 1 or dilation < 1 or period < 1:
             raise ValueError(f"DWA needs depth, dilation, period >= 1, got {depth}, {dilation}, {period}")
@@ -126,7 +127,9 @@ class DWA(nn.Module):
 
     @property
     def uses_fast_path(self) -> bool:
-        return self.implementation == "fast" and self.plan is not None
+        if self.plan is None or self.implementation == "reference":
+            return False
+        return self.implementation == "fast" or self.plan.pays_off
 
     def forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
         """Y_d for embedded tokens X_0 (B, T, C)."""
@@ -258,6 +261,8 @@ class Plan:
 
     def __init__(self, depth: int, lanes: list[Lane], dwa_depths: list[int], sources: dict[int, list[int]]):
         self.depth, self.lanes, self.dwa_depths = depth, lanes, dwa_depths
+        # Σ_i |S_i| over the number of kept outputs: how many DWAs read a kept output on average.
+        self.reads_per_kept_output = sum(len(s) for s in sources.values()) / sum(len(lane.slots) for lane in lanes)
         self._group_cache: dict[tuple[int, int, bool], list[range]] = {}
         self.slot_of = {j: (n, s) for n, lane in enumerate(lanes) for s, j in enumerate(lane.slots)}
         self.row_of = {i: (n, t) for n, lane in enumerate(lanes) for t, i in enumerate(lane.rows)}
@@ -275,6 +280,19 @@ class Plan:
                 n = dwa_depths.index(i)
                 index[t, : lane.width[t]] = torch.arange(offsets[n], offsets[n + 1])
             self.gather.append(index)
+
+    @property
+    def pays_off(self) -> bool:
+        """Whether the fast scheme beats the reference's addcmul chain, for `implementation="auto"`.
+
+        The fast scheme pays per kept output (it is written into a lane, and its backward runs one
+        autograd node) and saves per read. Measured at depth 48, width 256 (benchmarks/README.md, two
+        full runs): it wins clearly where a kept output is read by 6-25 DWAs (1x1, 2x1, 4x1: train ratio
+        to the Transformer 1.05-1.07 against the naive loop's 1.10-1.31) and loses where it is read by
+        1.4-2.4 (4x5: 1.025-1.046 against 1.005-1.021; 12x1: 1.044-1.056 against 1.034-1.037); at
+        depth 12 it ties around 2.3-3.7 (2x1, 4x1). Hence the threshold 3, on this CPU.
+        """
+        return self.reads_per_kept_output >= 3
 
     @staticmethod
     def build(depth: int, dwa_depths: list[int], sources_fn) -> Plan | None:

@@ -20,7 +20,7 @@ from denselab.models.dwa import DWA
 class LastK(DWA):
     """DWA after every block over {X_0} ∪ {X_{i-K+1}, ..., X_i}."""
 
-    def __init__(self, depth: int, k: int = 4, implementation: str = "fast"):
+    def __init__(self, depth: int, k: int = 4, implementation: str = "auto"):
         if k < 1:
             raise ValueError(f"last_k needs k >= 1, got {k}")
         self.k = k
