@@ -236,17 +236,20 @@ def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int
             row = {"width": width, "depth": depth, "batch": tokens[0], "seq": tokens[1], "mode": mode,
                    "pattern": pattern or "-", "variant": variant, "median_ms": 1e3 * t, "ratio": t / base,
                    "reps": reps}
-            if variant == "ours" and mixers[(variant, pattern)].plan is not None:
+            if variant == "ours":
                 mixer = mixers[(variant, pattern)]
-                group = group_size(mixer.plan, x0.numel(), train=train)
-                traffic = mixer.plan.traffic(group, train=train)
-                bound = traffic * tensor_bytes / bandwidth
                 a2 = medians.get(("paper_a2", pattern), float("nan"))
-                row.update(group=group, traffic_tensors=traffic, bound_ms=1e3 * bound,
-                           bound_fraction=bound / (t - base) if t > base else float("nan"),
+                # implementation="auto" picks the scheme per pattern (`Plan.pays_off`)
+                row.update(implementation="fast" if mixer.uses_fast_path else "reference",
                            # whole trunk, and the DWA alone: the time each adds to the Transformer
                            speedup_vs_paper_a2=a2 / t,
                            dwa_speedup_vs_paper_a2=(a2 - base) / (t - base) if t > base else float("nan"))
+                if mixer.uses_fast_path:
+                    group = group_size(mixer.plan, x0.numel(), train=train)
+                    traffic = mixer.plan.traffic(group, train=train)
+                    bound = traffic * tensor_bytes / bandwidth
+                    row.update(group=group, traffic_tensors=traffic, bound_ms=1e3 * bound,
+                               bound_fraction=bound / (t - base) if t > base else float("nan"))
             rows.append(row)
             print(format_row(row), flush=True)
     return rows
@@ -255,8 +258,11 @@ def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int
 def format_row(row: dict) -> str:
     text = (f"  d={row['depth']:<3} w={row['width']:<4} {row['mode']:<5} {row['pattern']:>4} {row['variant']:<11} "
             f"{row['median_ms']:9.2f} ms  x{row['ratio']:.3f}")
+    if "implementation" in row:
+        text += (f"  {row['implementation']:<9}  vs A.2 {row['speedup_vs_paper_a2']:.2f}x "
+                 f"(DWA alone {row['dwa_speedup_vs_paper_a2']:.2f}x)")
     if "traffic_tensors" in row:
-        text += (f"  vs A.2 {row['speedup_vs_paper_a2']:.2f}x (DWA alone {row['dwa_speedup_vs_paper_a2']:.2f}x)  traffic {row['traffic_tensors']} tensors (g={row['group']}),"
+        text += (f"  traffic {row['traffic_tensors']} tensors (g={row['group']}),"
                  f" bound {row['bound_ms']:.2f} ms = {100 * row['bound_fraction']:.0f} % of the added time")
     if "peak_extra_mb" in row:
         text += f"  peak +{row['peak_extra_mb']:.0f} MB"

@@ -49,7 +49,12 @@ def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
         assert group[group.variant == "transformer"].ratio.tolist() == [1.0]
     assert set(rows["mode"]) == {"infer", "train"} and (rows.median_ms > 0).all()
     ours = rows[rows.variant == "ours"]
-    assert (ours.traffic_tensors > 0).all() and ours.speedup_vs_paper_a2.notna().all()
+    assert ours.speedup_vs_paper_a2.notna().all()
+    # implementation="auto": the fast scheme for 1x1, the reference loop for 4x5 (few reads per output)
+    assert set(ours[ours.pattern == "1x1"].implementation) == {"fast"}
+    assert set(ours[ours.pattern == "4x5"].implementation) == {"reference"}
+    fast = ours[ours.implementation == "fast"]
+    assert (fast.traffic_tensors > 0).all() and ours[ours.implementation == "reference"].traffic_tensors.isna().all()
     assert "dwa_speedup_vs_paper_a2" in ours  # the DWA's own added time, next to the whole trunk's
     decode = pd.read_csv(tmp_path / "decode.csv")
     assert list(decode.model) == ["transformer", "denseformer 1x1", "denseformer 4x5"]
