@@ -10,7 +10,8 @@ ratios are those of the part DWA changes, the strictest measure):
                 averaging at all): what keeping the outputs alone costs
   naive         App. A.1, Listings 1-2: a list of outputs, one multiply-add per source
   paper_a2      App. A.2, Listing 3: accumulator + InPlaceSetSlice + tensordot (benchmarks/paper_listings.py)
-  ours          `denselab.models.DWA` (the fast scheme of src/denselab/models/dwa.py)
+  ours          `denselab.models.DWA`, implementation="auto": the fast scheme of src/denselab/models/dwa.py
+                where it pays, its reference loop elsewhere (the `implementation` column says which ran)
 
 for depth 12 and 48, k×p in {1x1, 2x1, 4x1, 4x5, 12x1}, forward only ("infer", no autograd) and
 forward + backward ("train"), at a small width (256) and at the paper's (768), heads of 64 dims.
@@ -21,8 +22,11 @@ extra memory of two training steps at the largest depth (on CPU the RSS high-wat
 process over its RSS before the steps, with a fixed glibc mmap threshold so that freed tensors go
 back to the OS; `max_memory_allocated` on CUDA).
 
+On CPU the process first keeps freed memory (glibc `mallopt`, see `steady_allocator`; `--malloc default`
+turns that off), so that no variant pays page faults that another one happened to avoid.
+
 Then: ours with every group size of its blocked scheme (what `group_size` rests on), whole-model
-`torch.compile` (compile time and compiled step ratios), and KV-cached decoding
+`torch.compile` (cold-cache compile time and compiled step ratios), and KV-cached decoding
 tokens/s of 48-block models with the GPT-2 vocabulary (`denselab.generate`).
 
     .venv/bin/python benchmarks/dwa_bench.py                 # everything (CPU: ~25 min)
