@@ -287,10 +287,10 @@ class Plan:
 
         The fast scheme pays per kept output (it is written into a lane, and its backward runs one
         autograd node) and saves per read. Measured at depth 48, width 256 (benchmarks/README.md, two
-        full runs): it wins clearly where a kept output is read by 6-25 DWAs (1x1, 2x1, 4x1: train ratio
-        to the Transformer 1.05-1.07 against the naive loop's 1.10-1.31) and loses where it is read by
-        1.4-2.4 (4x5: 1.025-1.046 against 1.005-1.021; 12x1: 1.044-1.056 against 1.034-1.037); at
-        depth 12 it ties around 2.3-3.7 (2x1, 4x1). Hence the threshold 3, on this CPU.
+        full runs): it wins where a kept output is read by 6.6-25 DWAs (1x1, 2x1, 4x1: train ratio to
+        the Transformer 1.04-1.07 against the naive loop's 1.06-1.31) and loses where it is read by
+        1.55-2.5 (4x5: 1.025-1.046 against 1.005-1.021; 12x1: 1.044-1.056 against 1.034-1.037); at
+        depth 12 it ties at 2.1-3.7 (4x1, 2x1). Hence the threshold 3, on this CPU.
         """
         return self.reads_per_kept_output >= 3
 
@@ -498,8 +498,9 @@ class _Run:
         if self.grads[n] is None:
             # Fresh every backward, not from the workspace: pages of a fresh buffer are touched only as
             # its rows are written, while the backward frees the blocks' activations, so the peak does
-            # not hold the whole (R, N) buffer at once. Measured at depth 48, width 256 (memory section):
-            # 1x1 peak +2.34 → +1.35 outputs per DWA step, for ~1 % of a step in page faults.
+            # not hold the whole (R, N) buffer at once. Measured at depth 48, width 256 (memory.csv):
+            # 1x1 peak +2.34 → +1.37 outputs per DWA step; the price is a first touch of G's pages per
+            # step where the allocator does not reuse them (glibc's defaults for buffers > 32 MB).
             self.grads[n] = grad.new_empty((len(self.plan.lanes[n].rows), grad.numel()))  # (R, N)
         self.grads[n][t].copy_(grad.reshape(-1))
 
