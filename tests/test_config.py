@@ -108,3 +108,25 @@ def test_cli_refuses_sequence_longer_than_the_data(tmp_path, data_dir):
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")][0].startswith(
         "error: seq_len=4096: longer than the data allows; the train split has")
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
+def test_the_config_check_allows_exactly_the_dwa_choices_of_the_model_code():
+    from denselab.config import DWA_IMPLEMENTATIONS, DWA_SEMANTICS
+    from denselab.models.dwa import IMPLEMENTATIONS, SEMANTICS
+
+    assert DWA_SEMANTICS == SEMANTICS and DWA_IMPLEMENTATIONS == IMPLEMENTATIONS
+
+
+def test_a_run_folder_of_another_training_is_refused_naming_only_training_keys(tmp_path):
+    from omegaconf import OmegaConf
+
+    from denselab.config import training_fingerprint
+    from denselab.train import _check_same_training
+
+    before = {"name": "a", "lr": 0.1, "compile": False, "model": {"net": {"mixer": {"implementation": "fast"}}}}
+    OmegaConf.save(OmegaConf.create(before), tmp_path / "config.yaml")
+    previous = {"status": "completed", "fingerprint": training_fingerprint(before)}
+    same = {**before, "name": "b", "compile": True, "model": {"net": {"mixer": {"implementation": "auto"}}}}
+    _check_same_training(OmegaConf.create(same), tmp_path, previous)  # nothing trained differs: accepted
+    with pytest.raises(ConfigError, match=r"differs in lr\)"):
+        _check_same_training(OmegaConf.create({**same, "lr": 0.2}), tmp_path, previous)

@@ -100,6 +100,12 @@ NOT_TRAINING_NESTED = (("data", "num_proc"), ("trainer", "enable_progress_bar"),
                        ("model", "net", "mixer", "implementation"))
 
 
+# DWA's choices, as `denselab.models.dwa` defines them (SEMANTICS, IMPLEMENTATIONS): written out here
+# because this module checks a config before torch is imported (tests/test_config.py keeps them equal).
+DWA_SEMANTICS = ("paper", "official")
+DWA_IMPLEMENTATIONS = ("auto", "fast", "reference")
+
+
 def training_fingerprint(resolved: dict) -> str:
     """sha256 of the resolved config without the keys that do not change what is trained."""
     trimmed = copy.deepcopy({k: v for k, v in resolved.items() if k not in NOT_TRAINING})
@@ -227,9 +233,9 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     if OmegaConf.select(cfg, mixer) is not None:
         _require(cfg, f"{mixer}.dilation", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.period", lambda v: _is_int(v) and v >= 1, "integers >= 1")
-        _require(cfg, f"{mixer}.semantics", lambda v: v in ("paper", "official"), "one of paper, official")
-        _require(cfg, f"{mixer}.implementation", lambda v: v in ("auto", "fast", "reference"),
-                 "one of auto, fast, reference")
+        _require(cfg, f"{mixer}.semantics", lambda v: v in DWA_SEMANTICS, f"one of {', '.join(DWA_SEMANTICS)}")
+        _require(cfg, f"{mixer}.implementation", lambda v: v in DWA_IMPLEMENTATIONS,
+                 f"one of {', '.join(DWA_IMPLEMENTATIONS)}")
         _require(cfg, f"{mixer}.k", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.streams", lambda v: _is_int(v) and v >= 1, "integers >= 1")
         _require(cfg, f"{mixer}.block_size", lambda v: v is None or (_is_int(v) and v >= 1),

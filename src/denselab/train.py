@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
 from denselab.callbacks import MixingParameterLogger, TrainTimer
-from denselab.config import (SHORTHANDS, ConfigError, changed_keys, training_fingerprint, used_shorthands,
-                             validate_config)
+from denselab.config import (NOT_TRAINING, NOT_TRAINING_NESTED, SHORTHANDS, ConfigError, changed_keys,
+                             training_fingerprint, used_shorthands, validate_config)
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info, read_json
 from denselab.lit_module import LanguageModel
 from denselab.models import build_model, count_parameters, padded_vocab_size
@@ -122,7 +122,8 @@ def _check_same_training(cfg: DictConfig, out: Path, previous: dict) -> None:
     if now != previous["fingerprint"]:
         before = OmegaConf.to_container(OmegaConf.load(out / "config.yaml")) if (out / "config.yaml").is_file() else {}
         diff = changed_keys(before, OmegaConf.to_container(cfg, resolve=True))
-        diff = [k for k in diff if not k.startswith(("paths.", "experiment_name", "name", "report", "speed"))]
+        ignored = (*NOT_TRAINING, *(".".join(path) for path in NOT_TRAINING_NESTED))
+        diff = [k for k in diff if not any(k == key or k.startswith(key + ".") for key in ignored)]
         raise ConfigError(f"{out} holds a {previous.get('status')} run of another configuration "
                           f"(differs in {', '.join(diff[:5]) or 'settings'}): pass ckpt_path=null to replace it, "
                           "or use another sweep name=")
