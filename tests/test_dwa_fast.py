@@ -245,13 +245,14 @@ def test_consecutive_steps_reuse_the_buffers_and_agree():
         assert all(torch.equal(a, b) for a, b in zip(grads[0], g))
 
 
-def test_the_gradient_buffer_is_not_kept_between_training_steps():
-    """G (one row per DWA) is allocated per backward, so a step's peak does not hold last step's G
-    (benchmarks/README.md, memory); the forward's buffers are kept for reuse."""
+def test_only_the_lane_buffers_are_kept_between_training_steps():
+    """G (one row per DWA) and the partial sums (the Y_t) are allocated per step, so that the backward
+    frees them as it goes and a step's peak holds nothing of the last step but the lanes X
+    (benchmarks/README.md, memory)."""
     model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(12)))
+    model.mixer.group = 3
     model(torch.randint(0, 64, (BATCH, SEQ))).square().mean().backward()
-    kinds = {key[0] for key in model.mixer.workspace}
-    assert "X" in kinds and "G" not in kinds
+    assert {key[0] for key in model.mixer.workspace} == {"X"}
 
 
 def test_a_buffer_still_in_use_is_not_overwritten():
@@ -299,3 +300,18 @@ def test_decoding_reuses_the_alpha_matrices_until_an_alpha_changes():
     with torch.no_grad():
         torch.testing.assert_close(changed, reference(idx), rtol=0, atol=1e-6)
     assert model.mixer.workspace.alpha_cache is not cached and not torch.equal(changed, first)
+
+
+def test_decoding_reuses_its_views_token_after_token_and_stays_exact():
+    """Token-by-token decoding slices the buffers once (`_LeanProgram`), not once per token."""
+    torch.manual_seed(0)
+    model = GPT(64, 8, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(8, 2, 1))).eval()
+    reference = GPT(64, 8, WIDTH, HEADS, SEQ, mixer=DWA(8, 2, 1, implementation="reference")).eval()
+    reference.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 64, (1, 5))
+    with torch.no_grad(), model.kv_caching(1), reference.kv_caching(1):
+        programs = []
+        for t in range(idx.size(1)):
+            torch.testing.assert_close(model(idx[:, t: t + 1]), reference(idx[:, t: t + 1]), rtol=0, atol=1e-6)
+            programs.append(model.mixer.workspace.lean_program)
+    assert programs[0] is not None and all(p is programs[0] for p in programs)

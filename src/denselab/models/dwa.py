@@ -413,10 +413,11 @@ class Workspace(dict):
     """
 
     alpha_cache: tuple | None = None  # (key, A per lane) of the last forward pass without autograd
+    lean_program: _LeanProgram | None = None  # the views of `_lean_forward` (token-by-token decoding)
 
     def clear(self) -> None:
         super().clear()
-        self.alpha_cache = None
+        self.alpha_cache = self.lean_program = None
 
     def take(self, key, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         t = self.get(key)
@@ -426,6 +427,16 @@ class Workspace(dict):
             if _ALONE is not None:
                 self[key] = t
         return t
+
+
+def _cached_alpha_matrices(plan: Plan, alphas: list[torch.Tensor], dtype: torch.dtype,
+                           workspace: Workspace) -> list[torch.Tensor]:
+    """`plan.alpha_matrices`, reused while no α changed (their version counters), for forward passes
+    without autograd: decoding runs one per token with the same α."""
+    key = (dtype, alphas[0].device, *((id(a), a._version) for a in alphas))
+    if workspace.alpha_cache is None or workspace.alpha_cache[0] != key:
+        workspace.alpha_cache = (key, plan.alpha_matrices(alphas, dtype))
+    return workspace.alpha_cache[1]
 
 
 class _Run:
@@ -439,21 +450,11 @@ class _Run:
         self.buffers = [workspace.take(("X", lane), (len(plan.lanes[lane].slots), n), x0)
                         for lane in range(len(plan.lanes))]  # (S, N) per lane
         with torch.no_grad():
-            self.A = self._alpha_matrices(plan, alphas, x0.dtype, workspace)  # (R, S) per lane
+            self.A = plan.alpha_matrices(alphas, x0.dtype) if track else _cached_alpha_matrices(
+                plan, alphas, x0.dtype, workspace)  # (R, S) per lane
         self.partial: list[torch.Tensor | None] = [None] * len(plan.lanes)  # forward P (g, N)
         self.grads: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward G (R, N)
         self.grad_partial: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward Q (g, N)
-
-    def _alpha_matrices(self, plan: Plan, alphas: list[torch.Tensor], dtype: torch.dtype,
-                        workspace: Workspace) -> list[torch.Tensor]:
-        """`plan.alpha_matrices`, reused while no α changed (their version counters) when not
-        training: decoding runs one forward per token with the same α."""
-        if self.track:
-            return plan.alpha_matrices(alphas, dtype)
-        key = (dtype, alphas[0].device, *((id(a), a._version) for a in alphas))
-        if workspace.alpha_cache is None or workspace.alpha_cache[0] != key:
-            workspace.alpha_cache = (key, plan.alpha_matrices(alphas, dtype))
-        return workspace.alpha_cache[1]
 
     def _hidden_write(self, tensor: torch.Tensor):
         """Writes to rows nobody has read yet, kept from bumping the version counter that autograd
@@ -480,11 +481,14 @@ class _Run:
         grp = self.plan.group_of(n, self.group, from_top=False)[t]
         t0, c0 = grp[0], lane.width[grp[0]]
         if t == t0:  # the group's first DWA: all its sources are old ones for the others
-            # A partial sum per group while training (they become the Y_t autograd keeps anyway),
-            # two that alternate for inference (the previous group's last Y_t may still be in use).
-            key = ("P", n, t0 if self.track else t0 // self.group % 2)
-            self.partial[n] = torch.mm(A[grp.start: grp.stop, :c0], X[:c0],
-                                       out=self.workspace.take(key, (len(grp), X.shape[1]), X))  # (g, N)
+            # Training: a new partial sum per group. Its rows become the Y_t, which autograd keeps as
+            # the next blocks' inputs and frees as the backward passes them; kept in the workspace
+            # they would stay alive to the end of the backward and between steps (+1 output per DWA
+            # step at the peak, benchmarks/README.md "memory"). Inference: two from the workspace
+            # that alternate (the previous group's last Y_t may still be in use).
+            shape = (len(grp), X.shape[1])
+            out = X.new_empty(shape) if self.track else self.workspace.take(("P", n, t0 // self.group % 2), shape, X)
+            self.partial[n] = torch.mm(A[grp.start: grp.stop, :c0], X[:c0], out=out)  # (g, N)
         elif lane.width[t] > c0:
             P = self.partial[n]
             with self._hidden_write(P):
@@ -513,9 +517,8 @@ class _Run:
         top, r = grp[-1], s - grp.start
         t_top = lane.first_row(top)  # DWAs reading column `top`: rows t_top.. (all stored by now)
         if s == top:
-            key = ("Q", n, top // self.group % 2)
-            self.grad_partial[n] = torch.mm(A[t_top:, grp.start: top + 1].t(), G[t_top:],
-                                            out=self.workspace.take(key, (len(grp), G.shape[1]), G))  # (g, N)
+            # New per group, like G: the rows go out as the blocks' gradients and are freed with them.
+            self.grad_partial[n] = torch.mm(A[t_top:, grp.start: top + 1].t(), G[t_top:])  # (g, N)
         Q = self.grad_partial[n]
         t_s = lane.first_row(s)
         if t_s < t_top:  # DWAs reading column s but not `top`
@@ -600,10 +603,15 @@ def _step(run: _Run, i: int, h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return run.average(i) if i in run.plan.row_of else x
 
 
+def _tracks(x0: torch.Tensor, alphas: list[torch.Tensor]) -> bool:
+    """Whether this forward pass records autograd's graph (training)."""
+    return torch.is_grad_enabled() and (x0.requires_grad or any(a.requires_grad for a in alphas))
+
+
 def _begin(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, group: int | None,
            workspace: Workspace) -> tuple[_Run, torch.Tensor]:
     """The run's state and Y_0."""
-    track = torch.is_grad_enabled() and (x0.requires_grad or any(a.requires_grad for a in alphas))
+    track = _tracks(x0, alphas)
     with _no_autocast(x0):
         run = _Run(plan, x0, alphas, track, group, workspace)
         if track:
@@ -620,9 +628,10 @@ def fast_forward(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, block
                  rotary: Rotary, group: int | None = None, workspace: Workspace | None = None) -> torch.Tensor:
     """Y_d by the fast scheme; the blocks run as in `Block.forward`, their last addition written into
     the lane buffer when X_i is kept."""
-    run, y = _begin(plan, alphas, x0, group, workspace if workspace is not None else Workspace())
-    if not run.track and run.group == 1:
-        return _lean_forward(run, y, blocks, rotary)
+    workspace = workspace if workspace is not None else Workspace()
+    if not _tracks(x0, alphas) and (group or group_size(plan, x0.numel(), train=False)) == 1:
+        return _lean_forward(plan, alphas, x0, blocks, rotary, workspace)
+    run, y = _begin(plan, alphas, x0, group, workspace)
     for i, block in enumerate(blocks, start=1):
         h = y + block.attn_branch(y, rotary)
         m = block.mlp_branch(h)
@@ -634,27 +643,75 @@ def fast_forward(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, block
     return y
 
 
-def _lean_forward(run: _Run, y: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
-    """The same loop without autograd and with one product per DWA (g = 1): what token-by-token
+class _LeanProgram:
+    """The views one DWA step of `_lean_forward` needs, made once and reused token after token.
+
+    steps[i - 1] for block i: None when X_i is not kept, else (row, a, xs): row, the (B, T, C) view
+    of X_i's row in its lane; a = A[t, :c_t] (1, c_t) and xs = X[:c_t] (c_t, N) when a DWA follows
+    block i, else None, None. Slicing them anew for every token (five views per DWA step) was most of
+    what a 1x1-DenseFormer added to a decoding step (benchmarks/README.md, "decode").
+
+    Its lane buffers are its own (workspace keys ("decode X", lane)); `fits` reuses the program only
+    while nothing but its views holds them (a hook may keep a block input, a view of a row: the next
+    token then gets new buffers), for the same shape, dtype, inference mode and α matrices.
+    """
+
+    def __init__(self, plan: Plan, x0: torch.Tensor, A: list[torch.Tensor], workspace: Workspace):
+        self.A, self.shape, self.dtype, self.device = A, x0.shape, x0.dtype, x0.device
+        self.inference = torch.is_inference_mode_enabled()
+        n = x0.numel()
+        self.buffers = [x0.new_empty((len(lane.slots), n)) for lane in plan.lanes]  # (S, N) per lane
+        for lane, X in enumerate(self.buffers):
+            workspace[("decode X", lane)] = X
+        self.row0 = self._row(plan, 0)
+        self.steps: list[tuple | None] = []
+        for i in range(1, plan.depth + 1):
+            if i not in plan.slot_of:
+                self.steps.append(None)
+            elif i not in plan.row_of:
+                self.steps.append((self._row(plan, i), None, None))
+            else:
+                lane, t = plan.row_of[i]
+                c = plan.lanes[lane].width[t]
+                self.steps.append((self._row(plan, i), A[lane][t: t + 1, :c], self.buffers[lane][:c]))
+        self.users = [_storage_users(X) for X in self.buffers]  # the workspace's, the program's own
+
+    def _row(self, plan: Plan, j: int) -> torch.Tensor | None:
+        if j not in plan.slot_of:
+            return None
+        lane, s = plan.slot_of[j]
+        return self.buffers[lane][s].view(self.shape)
+
+    def fits(self, x0: torch.Tensor, A: list[torch.Tensor]) -> bool:
+        return (_ALONE is not None and A is self.A and x0.shape == self.shape and x0.dtype == self.dtype
+                and x0.device == self.device and torch.is_inference_mode_enabled() == self.inference
+                and all(_storage_users(X) == users for X, users in zip(self.buffers, self.users)))
+
+
+def _lean_forward(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, blocks: nn.ModuleList,
+                  rotary: Rotary, workspace: Workspace) -> torch.Tensor:
+    """The same sums without autograd and with one product per DWA (g = 1): what token-by-token
     decoding runs, where a DWA step is a few microseconds of arithmetic and the Python around it
     matters (benchmarks/README.md, "decode"). Per block: X_i = h + m into its row, Y_i = A[t, :c_t] · X[:c_t]."""
-    plan, shape = run.plan, run.shape
-    with _no_autocast(y):
-        for i, block in enumerate(blocks, start=1):
+    with _no_autocast(x0):
+        A = _cached_alpha_matrices(plan, alphas, x0.dtype, workspace)
+        program = workspace.lean_program
+        if program is None or not program.fits(x0, A):
+            workspace.lean_program = None  # the old views go first, its buffers as the new ones replace them
+            program = workspace.lean_program = _LeanProgram(plan, x0, A, workspace)
+        if program.row0 is not None:
+            program.row0.copy_(x0)
+        B, T, C = x0.shape
+        y = x0
+        for block, step in zip(blocks, program.steps):
             h = y + block.attn_branch(y, rotary)
             m = block.mlp_branch(h)
-            slot = plan.slot_of.get(i)
-            if slot is None:
-                y = h + m
+            if step is None:
+                y = h + m  # X_i, read by no DWA
                 continue
-            lane, s = slot
-            X = run.buffers[lane]  # (S, N)
-            torch.add(h.reshape(-1), m.reshape(-1), out=X[s])
-            row = plan.row_of.get(i)
-            if row is None:
-                y = X[s].view(shape)
-            else:
-                t = row[1]
-                c = plan.lanes[lane].width[t]
-                y = torch.mm(run.A[lane][t: t + 1, :c], X[:c]).view(shape)  # (1, N) -> (B, T, C)
-    return y
+            row, a, xs = step
+            torch.add(h, m, out=row)  # X_i, into its row
+            # Y_i: a new view of the row when no DWA follows (one that a hook may keep counts as a
+            # user of the buffer, so `fits` sees it), else the DWA's product (1, N) -> (B, T, C).
+            y = row.view(B, T, C) if a is None else torch.mm(a, xs).view(B, T, C)
+        return y
