@@ -483,9 +483,10 @@ class _Run:
         if t == t0:  # the group's first DWA: all its sources are old ones for the others
             # Training: a new partial sum per group. Its rows become the Y_t, which autograd keeps as
             # the next blocks' inputs and frees as the backward passes them; kept in the workspace
-            # they would stay alive to the end of the backward and between steps (+1 output per DWA
-            # step at the peak, benchmarks/README.md "memory"). Inference: two from the workspace
-            # that alternate (the previous group's last Y_t may still be in use).
+            # they would stay alive to the end of the backward and between steps (this and the same
+            # for the backward's Q: peak at depth 48, width 768 from 3.33 to 2.30 outputs per DWA
+            # step, benchmarks/README.md "memory"). Inference: two from the workspace that
+            # alternate (the previous group's last Y_t may still be in use).
             shape = (len(grp), X.shape[1])
             out = X.new_empty(shape) if self.track else self.workspace.take(("P", n, t0 // self.group % 2), shape, X)
             self.partial[n] = torch.mm(A[grp.start: grp.stop, :c0], X[:c0], out=out)  # (g, N)
