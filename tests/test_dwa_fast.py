@@ -315,3 +315,17 @@ def test_decoding_reuses_its_views_token_after_token_and_stays_exact():
             torch.testing.assert_close(model(idx[:, t: t + 1]), reference(idx[:, t: t + 1]), rtol=0, atol=1e-6)
             programs.append(model.mixer.workspace.lean_program)
     assert programs[0] is not None and all(p is programs[0] for p in programs)
+
+
+def test_decoding_under_autocast_runs_the_blocks_in_bf16_and_the_sums_in_fp32():
+    """The lean path (no autograd, small tensors) turns autocast off for its products only, so its
+    output is the reference's under the same autocast."""
+    torch.manual_seed(0)
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6))).eval()
+    reference = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=DWA(6, implementation="reference")).eval()
+    reference.load_state_dict(model.state_dict())
+    idx = torch.randint(0, 64, (1, 1))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = model(idx), reference(idx)
+    assert model.mixer.workspace.lean_program is not None  # the lean path ran
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)

@@ -694,25 +694,29 @@ def _lean_forward(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, bloc
     """The same sums without autograd and with one product per DWA (g = 1): what token-by-token
     decoding runs, where a DWA step is a few microseconds of arithmetic and the Python around it
     matters (benchmarks/README.md, "decode"). Per block: X_i = h + m into its row, Y_i = A[t, :c_t] · X[:c_t]."""
-    with _no_autocast(x0):
-        A = _cached_alpha_matrices(plan, alphas, x0.dtype, workspace)
-        program = workspace.lean_program
-        if program is None or not program.fits(x0, A):
-            workspace.lean_program = None  # the old views go first, its buffers as the new ones replace them
-            program = workspace.lean_program = _LeanProgram(plan, x0, A, workspace)
-        if program.row0 is not None:
-            program.row0.copy_(x0)
-        B, T, C = x0.shape
-        y = x0
-        for block, step in zip(blocks, program.steps):
-            h = y + block.attn_branch(y, rotary)
-            m = block.mlp_branch(h)
-            if step is None:
-                y = h + m  # X_i, read by no DWA
-                continue
-            row, a, xs = step
-            torch.add(h, m, out=row)  # X_i, into its row
-            # Y_i: a new view of the row when no DWA follows (one that a hook may keep counts as a
-            # user of the buffer, so `fits` sees it), else the DWA's product (1, N) -> (B, T, C).
-            y = row.view(B, T, C) if a is None else torch.mm(a, xs).view(B, T, C)
-        return y
+    A = _cached_alpha_matrices(plan, alphas, x0.dtype, workspace)
+    program = workspace.lean_program
+    if program is None or not program.fits(x0, A):
+        workspace.lean_program = None  # the old views go first, its buffers as the new ones replace them
+        program = workspace.lean_program = _LeanProgram(plan, x0, A, workspace)
+    if program.row0 is not None:
+        program.row0.copy_(x0)
+    autocast = torch.is_autocast_enabled(x0.device.type)  # the blocks run under it, the products not
+    B, T, C = x0.shape
+    y = x0
+    for block, step in zip(blocks, program.steps):
+        h = y + block.attn_branch(y, rotary)
+        m = block.mlp_branch(h)
+        if step is None:
+            y = h + m  # X_i, read by no DWA
+            continue
+        row, a, xs = step
+        torch.add(h, m, out=row)  # X_i, into its row
+        if a is None:  # Y_i = X_i: a new view of the row (one that a hook keeps counts as a user, see `fits`)
+            y = row.view(B, T, C)
+        elif autocast:
+            with _no_autocast(x0):
+                y = torch.mm(a, xs).view(B, T, C)
+        else:
+            y = torch.mm(a, xs).view(B, T, C)  # Y_i = A[t, :c_t] · X[:c_t], (1, N) -> (B, T, C)
+    return y
