@@ -264,6 +264,7 @@ class Plan:
         # Σ_i |S_i| over the number of kept outputs: how many DWAs read a kept output on average.
         self.reads_per_kept_output = sum(len(s) for s in sources.values()) / sum(len(lane.slots) for lane in lanes)
         self._group_cache: dict[tuple[int, int, bool], list[range]] = {}
+        self.best_group: dict[bool, int] = {}  # `group_size` for large tensors, by train
         self.slot_of = {j: (n, s) for n, lane in enumerate(lanes) for s, j in enumerate(lane.slots)}
         self.row_of = {i: (n, t) for n, lane in enumerate(lanes) for t, i in enumerate(lane.rows)}
         # Gather indices from the flat α vector (all alphas concatenated, + one zero at the end) to
@@ -388,7 +389,9 @@ def group_size(plan: Plan, n: int, train: bool) -> int:
     against this choice: `benchmarks/dwa_bench.py --sections groups` (figures in benchmarks/README.md)."""
     if n < 16384:
         return 1
-    return min(range(1, 9), key=lambda g: (plan.traffic(g, train=train), g))
+    if train not in plan.best_group:  # once per plan: ~0.5 ms of Python, asked for every forward pass
+        plan.best_group[train] = min(range(1, 9), key=lambda g: (plan.traffic(g, train=train), g))
+    return plan.best_group[train]
 
 
 def _storage_users(t: torch.Tensor) -> int:
@@ -534,7 +537,7 @@ class _Run:
         return self.plan.alpha_gradients(grads, alphas_like)
 
 
-def _gram(G: torch.Tensor, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def _gram(G: torch.Tensor, X: torch.Tensor, chunk: int = 4096, max_pairs: float = 1024) -> torch.Tensor:
     """G · Xᵀ for G (R, N), X (S, N) with few rows and long ones, as a sum over column chunks.
 
     Why: a plain `G @ X.t()` with R, S ≈ 12 and N ≈ 260k runs at ~6 GB/s on CPU (MKL splits the
@@ -542,11 +545,11 @@ def _gram(G: torch.Tensor, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     columns (`torch.bmm`, each chunk's rows in cache), which then sums the partial (R, S) results.
     From R·S ≈ 1,000 on (1x1 at depth 48: 48 x 49) the product is compute-bound and the plain one is
     as fast or faster (`benchmarks/dwa_kernels.py`: 4.41 ms plain vs 0.92 ms chunked at 12 x 13,
-    9.6 vs 11.4 ms at 48 x 49).
+    9.6 vs 11.4 ms at 48 x 49). `max_pairs`: the largest R·S that takes the chunked product.
     """
     R, S, N = G.shape[0], X.shape[0], G.shape[1]
     n_chunks = N // chunk
-    if n_chunks < 2 or R * S > 1024:
+    if n_chunks < 2 or R * S > max_pairs:
         return G @ X.t()
     body = n_chunks * chunk
     g = G[:, :body].view(R, n_chunks, chunk).transpose(0, 1)  # (n_chunks, R, chunk)
@@ -652,18 +655,16 @@ class _LeanProgram:
     block i, else None, None. Slicing them anew for every token (five views per DWA step) was most of
     what a 1x1-DenseFormer added to a decoding step (benchmarks/README.md, "decode").
 
-    Its lane buffers are its own (workspace keys ("decode X", lane)); `fits` reuses the program only
+    Its lane buffers are its own (not in the workspace's dict); `fits` reuses the program only
     while nothing but its views holds them (a hook may keep a block input, a view of a row: the next
     token then gets new buffers), for the same shape, dtype, inference mode and α matrices.
     """
 
-    def __init__(self, plan: Plan, x0: torch.Tensor, A: list[torch.Tensor], workspace: Workspace):
+    def __init__(self, plan: Plan, x0: torch.Tensor, A: list[torch.Tensor]):
         self.A, self.shape, self.dtype, self.device = A, x0.shape, x0.dtype, x0.device
         self.inference = torch.is_inference_mode_enabled()
         n = x0.numel()
         self.buffers = [x0.new_empty((len(lane.slots), n)) for lane in plan.lanes]  # (S, N) per lane
-        for lane, X in enumerate(self.buffers):
-            workspace[("decode X", lane)] = X
         self.row0 = self._row(plan, 0)
         self.steps: list[tuple | None] = []
         for i in range(1, plan.depth + 1):
@@ -675,7 +676,7 @@ class _LeanProgram:
                 lane, t = plan.row_of[i]
                 c = plan.lanes[lane].width[t]
                 self.steps.append((self._row(plan, i), A[lane][t: t + 1, :c], self.buffers[lane][:c]))
-        self.users = [_storage_users(X) for X in self.buffers]  # the workspace's, the program's own
+        self.users = [_storage_users(X) for X in self.buffers]  # the buffer itself and the program's views
 
     def _row(self, plan: Plan, j: int) -> torch.Tensor | None:
         if j not in plan.slot_of:
@@ -697,8 +698,8 @@ def _lean_forward(plan: Plan, alphas: list[torch.Tensor], x0: torch.Tensor, bloc
     A = _cached_alpha_matrices(plan, alphas, x0.dtype, workspace)
     program = workspace.lean_program
     if program is None or not program.fits(x0, A):
-        workspace.lean_program = None  # the old views go first, its buffers as the new ones replace them
-        program = workspace.lean_program = _LeanProgram(plan, x0, A, workspace)
+        workspace.lean_program = None  # the old buffers go before new ones are made
+        program = workspace.lean_program = _LeanProgram(plan, x0, A)
     if program.row0 is not None:
         program.row0.copy_(x0)
     autocast = torch.is_autocast_enabled(x0.device.type)  # the blocks run under it, the products not
