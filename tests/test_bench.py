@@ -15,6 +15,7 @@ from denselab.models import DWA, GPT
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+from dwa_bench import goal_verdict, paired_ratios  # noqa: E402
 from paper_listings import NaiveDWA, PaperA2DWA  # noqa: E402
 
 
@@ -47,6 +48,8 @@ def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
     for (depth, mode), group in rows.groupby(["depth", "mode"]):
         assert set(group.variant) == {"transformer", "keep_outputs", "naive", "paper_a2", "ours"}
         assert group[group.variant == "transformer"].ratio.tolist() == [1.0]
+        assert group[group.variant == "transformer"][["ratio_q1", "ratio_q3"]].values.tolist() == [[1.0, 1.0]]
+    assert (rows.ratio_q1 <= rows.ratio_q3).all()
     assert set(rows["mode"]) == {"infer", "train"} and (rows.median_ms > 0).all()
     ours = rows[rows.variant == "ours"]
     assert ours.speedup_vs_paper_a2.notna().all()
@@ -63,3 +66,17 @@ def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
     assert len(memory) == 2 + 2 * 3 and memory.peak_extra_mb.notna().all()
     machine = json.loads((tmp_path / "machine.json").read_text())
     assert machine["dwa"]["malloc"].startswith("steady") and "allocator: steady" in proc.stdout
+
+
+def test_paired_ratios_are_the_quartiles_of_the_per_repetition_ratios():
+    # repetition r of the variant ran next to repetition r of the base: ratios 1.0, 1.1, 1.2, 1.3, 1.4
+    base = [1.0, 2.0, 1.0, 2.0, 1.0]
+    times = [1.0, 2.2, 1.2, 2.6, 1.4]
+    q1, q3 = paired_ratios(times, base)
+    assert q1 == pytest.approx(1.1) and q3 == pytest.approx(1.3)
+
+
+def test_a_goal_between_the_quartiles_is_reported_as_inside_the_noise():
+    assert goal_verdict(1.02, 1.00, goal=1.03) == "met"
+    assert goal_verdict(1.04, 1.025, goal=1.03) == "missed (inside the noise)"
+    assert goal_verdict(1.04, 1.035, goal=1.03) == "MISSED"
