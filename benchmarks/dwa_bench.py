@@ -58,7 +58,7 @@ import torch  # noqa: E402
 
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info, read_json  # noqa: E402
 from denselab.models import DWA, GPT, Residual  # noqa: E402
-from denselab.models.dwa import group_size  # noqa: E402
+from denselab.models.dwa import fast_forward, group_size  # noqa: E402
 from paper_listings import NaiveDWA, PaperA2DWA  # noqa: E402
 
 PATTERNS = ["1x1", "2x1", "4x1", "4x5", "12x1"]
@@ -339,14 +339,29 @@ def cold_compile_cache():
     return fresh_cache()
 
 
+class FastSchemeTraced(DWA):
+    """`DWA` that keeps its fast scheme under torch.compile too. The product does not: inside
+    `torch.compile` it runs its readable loop (`DWA.forward`); this variant measures why."""
+
+    def forward(self, x0, blocks, rotary):
+        alphas = list(self.alphas._parameters.values())
+        return fast_forward(self.plan, alphas, x0, blocks, rotary, self.group, self.workspace)
+
+
 def bench_compile(args, width: int, depth: int, tokens: tuple[int, int], reps: int) -> list[dict]:
     """Whole-model torch.compile of the Transformer and 1x1 / 4x5 DenseFormers (ours): compile time
-    (first compiled step minus an eager step) and compiled train-step ratios."""
+    (first compiled step minus an eager step), graphs and graph breaks, compiled train-step ratios;
+    and a 1x1 DenseFormer whose fast scheme is traced by torch.compile instead of the readable loop
+    (`FastSchemeTraced`), with the reasons Dynamo gives for its breaks and the error, if any."""
     dtype = DTYPES[args.dtype]
     rows, steps = [], {}
-    for name, pattern in [("transformer", None), ("denseformer", "1x1"), ("denseformer", "4x5")]:
+    for name, pattern in [("transformer", None), ("denseformer", "1x1"), ("denseformer", "4x5"),
+                          ("denseformer fast-scheme-traced", "1x1")]:
         torch.manual_seed(0)
-        mixer = build_mixer("ours" if pattern else name, depth, pattern)
+        if name.endswith("traced"):
+            mixer = FastSchemeTraced(depth, *parse_pattern(pattern), implementation="fast")
+        else:
+            mixer = build_mixer("ours" if pattern else name, depth, pattern)
         model = GPT(512, depth, width, width // 64, tokens[1], mixer=mixer).to(device=args.device, dtype=dtype)
         idx = torch.randint(0, 512, tokens, device=args.device)
 
@@ -357,28 +372,42 @@ def bench_compile(args, width: int, depth: int, tokens: tuple[int, int], reps: i
 
         eager = time_interleaved({"eager": step}, reps, 1, args.device)["eager"]
         torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
         model.compile()
+        key = f"{name} {pattern or ''}".strip()
+        row = {"width": width, "depth": depth, "batch": tokens[0], "seq": tokens[1], "model": key,
+               "compile_cache": "cold", "eager_ms": 1e3 * eager}
         # A cold compile, as a user's first run pays it: an empty Inductor cache per model (with the
         # default on-disk cache, a second run of this benchmark compiled in 1-3 s instead of 20-30 s).
         with cold_compile_cache():
-            sync(args.device)
-            start = time.perf_counter()
-            step()
-            sync(args.device)
-            first = time.perf_counter() - start
-        compiled = time_interleaved({"compiled": step}, reps, 1, args.device)["compiled"]
-        key = f"{name} {pattern or ''}".strip()
-        steps[key] = (eager, compiled)
-        rows.append({"width": width, "depth": depth, "batch": tokens[0], "seq": tokens[1], "model": key,
-                     "compile_s": first - eager, "compile_cache": "cold", "eager_ms": 1e3 * eager, "compiled_ms": 1e3 * compiled,
-                     "compiled_speedup": eager / compiled})
+            try:
+                sync(args.device)
+                start = time.perf_counter()
+                step()
+                sync(args.device)
+                first = time.perf_counter() - start
+            except RuntimeError as error:  # the traced fast scheme: autograd's in-place check fails
+                row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        row.update(graphs=counters["stats"]["unique_graphs"], graph_breaks=sum(counters["graph_break"].values()),
+                   break_reasons=" | ".join(sorted({reason.splitlines()[0] for reason in counters["graph_break"]})))
+        if "error" not in row:
+            compiled = time_interleaved({"compiled": step}, reps, 1, args.device)["compiled"]
+            steps[key] = (eager, compiled)
+            row.update(compile_s=first - eager, compiled_ms=1e3 * compiled, compiled_speedup=eager / compiled)
+        rows.append(row)
     base_eager, base_compiled = steps["transformer"]
     for row in rows:
         row["eager_ratio"] = row["eager_ms"] / (1e3 * base_eager)
-        row["compiled_ratio"] = row["compiled_ms"] / (1e3 * base_compiled)
-        print(f"  compile d={depth} w={width} {row['model']:<15} compile {row['compile_s']:6.1f} s (cold)   "
-              f"eager {row['eager_ms']:8.2f} ms (x{row['eager_ratio']:.3f})   "
-              f"compiled {row['compiled_ms']:8.2f} ms (x{row['compiled_ratio']:.3f})", flush=True)
+        text = (f"  compile d={depth} w={width} {row['model']:<32} {row['graphs']:3d} graphs, "
+                f"{row['graph_breaks']:3d} breaks   eager {row['eager_ms']:8.2f} ms (x{row['eager_ratio']:.3f})   ")
+        if "error" in row:
+            text += f"compiled: FAILED ({row['error']})\n    breaks: {row['break_reasons']}"
+        else:
+            row["compiled_ratio"] = row["compiled_ms"] / (1e3 * base_compiled)
+            text += (f"compile {row['compile_s']:6.1f} s (cold)   "
+                     f"compiled {row['compiled_ms']:8.2f} ms (x{row['compiled_ratio']:.3f})")
+        print(text, flush=True)
     torch._dynamo.reset()
     return rows
 

@@ -80,3 +80,18 @@ def test_a_goal_between_the_quartiles_is_reported_as_inside_the_noise():
     assert goal_verdict(1.02, 1.00, goal=1.03) == "met"
     assert goal_verdict(1.04, 1.025, goal=1.03) == "missed (inside the noise)"
     assert goal_verdict(1.04, 1.035, goal=1.03) == "MISSED"
+
+
+@pytest.mark.slow
+def test_compile_section_counts_the_graph_breaks_of_the_traced_fast_scheme(tmp_path):
+    cmd = [sys.executable, "benchmarks/dwa_bench.py", "--quick", "--threads", "1", "--sections", "compile",
+           "--out", str(tmp_path)]
+    subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=True)
+    rows = pd.read_csv(tmp_path / "compile.csv").set_index("model")
+    # what the product compiles: one graph per model, the DWA as its readable loop
+    for model in ["transformer", "denseformer 1x1", "denseformer 4x5"]:
+        assert (rows.loc[model, "graphs"], rows.loc[model, "graph_breaks"]) == (1, 0)
+        assert rows.loc[model, "compiled_ms"] > 0
+    # the fast scheme, were it traced: Dynamo cuts the graph and says why
+    traced = rows.loc["denseformer fast-scheme-traced 1x1"]
+    assert traced.graph_breaks > 0 and traced.graphs > 1 and isinstance(traced.break_reasons, str)
