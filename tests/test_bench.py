@@ -95,3 +95,11 @@ def test_compile_section_counts_the_graph_breaks_of_the_traced_fast_scheme(tmp_p
     # the fast scheme, were it traced: Dynamo cuts the graph and says why
     traced = rows.loc["denseformer fast-scheme-traced 1x1"]
     assert traced.graph_breaks > 0 and traced.graphs > 1 and isinstance(traced.break_reasons, str)
+
+
+def test_overhead_script_prints_the_cost_per_block_of_both_implementations():
+    cmd = [sys.executable, "benchmarks/dwa_overhead.py", "--depth", "6", "--patterns", "2x1", "--reps", "2"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
+    lines = [line for line in out.splitlines() if line.strip().startswith("2x1")]
+    assert [line.split()[1] for line in lines] == ["infer", "train"]
+    assert all("ours +" in line and "reference +" in line for line in lines)

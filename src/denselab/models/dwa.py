@@ -575,7 +575,7 @@ class _Begin(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y0: torch.Tensor):
         run = ctx.run
-        with torch.autocast(grad_y0.device.type, enabled=False):  # the products in the buffers' dtype
+        with _no_autocast(grad_y0):  # the products in the buffers' dtype
             grad_x0 = run.grad_output(0, grad_y0) if 0 in run.plan.slot_of else grad_y0
             needed = any(ctx.needs_input_grad[2:])
             alpha_grads = run.alpha_grads(ctx.alpha_like) if needed else [None] * ctx.n_alphas
@@ -595,7 +595,7 @@ class _Step(torch.autograd.Function):
     def backward(ctx, grad_y: torch.Tensor):
         run, i = ctx.run, ctx.i
         dwa = i in run.plan.row_of
-        with torch.autocast(grad_y.device.type, enabled=False):  # the products in the buffers' dtype
+        with _no_autocast(grad_y):  # the products in the buffers' dtype
             if dwa:
                 run.store_grad(i, grad_y)
             grad_x = run.grad_output(i, None if dwa else grad_y)
