@@ -58,7 +58,7 @@ import torch  # noqa: E402
 
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info, read_json  # noqa: E402
 from denselab.models import DWA, GPT, Residual  # noqa: E402
-from denselab.models.dwa import fast_forward, group_size  # noqa: E402
+from denselab.models.dwa import group_size  # noqa: E402
 from paper_listings import NaiveDWA, PaperA2DWA  # noqa: E402
 
 PATTERNS = ["1x1", "2x1", "4x1", "4x5", "12x1"]
@@ -344,8 +344,7 @@ class FastSchemeTraced(DWA):
     `torch.compile` it runs its readable loop (`DWA.forward`); this variant measures why."""
 
     def forward(self, x0, blocks, rotary):
-        alphas = list(self.alphas._parameters.values())
-        return fast_forward(self.plan, alphas, x0, blocks, rotary, self.group, self.workspace)
+        return self.fast_forward(x0, blocks, rotary)
 
 
 def bench_compile(args, width: int, depth: int, tokens: tuple[int, int], reps: int) -> list[dict]:

@@ -102,4 +102,6 @@ def test_overhead_script_prints_the_cost_per_block_of_both_implementations():
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
     lines = [line for line in out.splitlines() if line.strip().startswith("2x1")]
     assert [line.split()[1] for line in lines] == ["infer", "train"]
-    assert all("ours +" in line and "reference +" in line for line in lines)
+    for line in lines:  # "... per block: ours +  41.3 us (g=6), reference +  86.5 us"
+        ours, reference = (float(part.split("+")[1].split("us")[0]) for part in line.split("per block:")[1].split(","))
+        assert abs(ours) < 1e5 and abs(reference) < 1e5  # microseconds, parsed (timing itself is not asserted)

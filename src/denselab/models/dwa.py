@@ -139,11 +139,15 @@ class DWA(nn.Module):
             # the graph at every DWA step (benchmarks/README.md, "compile").
             return self.reference_forward(x0, blocks, rotary)
         if self.uses_fast_path:
-            # The ParameterList's own dict: iterating the ParameterList goes through a string-keyed
-            # getattr per α tensor, which in token-by-token decoding is a visible share of a DWA's cost.
-            alphas = list(self.alphas._parameters.values())
-            return fast_forward(self.plan, alphas, x0, blocks, rotary, self.group, self.workspace)
+            return self.fast_forward(x0, blocks, rotary)
         return self.reference_forward(x0, blocks, rotary)
+
+    def fast_forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
+        """The fast scheme (below); needs a plan."""
+        # The ParameterList's own dict: iterating the ParameterList goes through a string-keyed
+        # getattr per α tensor, which in token-by-token decoding is a visible share of a DWA's cost.
+        alphas = list(self.alphas._parameters.values())
+        return fast_forward(self.plan, alphas, x0, blocks, rotary, self.group, self.workspace)
 
     def reference_forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
         """The readable implementation: Y_i by `average`, autograd for the backward."""
