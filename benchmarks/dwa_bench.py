@@ -57,6 +57,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info, read_json  # noqa: E402
+from denselab.memory import peak_allocated_bytes  # noqa: E402
 from denselab.models import DWA, GPT, Residual  # noqa: E402
 from denselab.models.dwa import group_size  # noqa: E402
 from paper_listings import NaiveDWA, PaperA2DWA  # noqa: E402
@@ -194,8 +195,11 @@ def copy_bandwidth(numel: int, device: str, dtype: torch.dtype, reps: int = 7) -
     return 2 * src.numel() * src.element_size() / t
 
 
-def peak_extra_memory(args, width: int, depth: int, tokens: tuple[int, int], variant: str, pattern: str | None) -> float:
-    """MB one training step adds at its peak: on CUDA in this process, on CPU in a fresh one (RSS)."""
+def peak_extra_memory(args, width: int, depth: int, tokens: tuple[int, int], variant: str,
+                      pattern: str | None) -> tuple[float, float]:
+    """MB two training steps add at their peak, (RSS, allocated): on CUDA in this process (both
+    `max_memory_allocated`), on CPU in a fresh one: the RSS high-water mark, and the tensors' peak
+    at full size (`denselab.memory.peak_allocated_bytes`, what a GPU would count)."""
     if args.device == "cuda":
         return measure_peak(width, depth, tokens, variant, pattern, args.device, args.dtype)
     cmd = [sys.executable, __file__, "--peak-memory-of",
@@ -205,7 +209,8 @@ def peak_extra_memory(args, width: int, depth: int, tokens: tuple[int, int], var
     # stay in the heap and every variant showed the same peak).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-    return float(out.stdout.strip().splitlines()[-1])
+    rss, allocated = out.stdout.strip().splitlines()[-1].split()
+    return float(rss), float(allocated)
 
 
 def rss_bytes() -> int:
@@ -234,12 +239,17 @@ def measure_peak(width, depth, tokens, variant, pattern, device, dtype_name) -> 
             run_once(model, mixer, x0, grad, True)
             clear_grads(model, [mixer], x0)
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
+        allocated = (torch.cuda.max_memory_allocated() - before) / 2**20
+        return allocated, allocated
     before = rss_bytes()
-    for _ in range(2):  # the second step shows what the first one leaves behind (reused buffers)
-        run_once(model, mixer, x0, grad, True)
-        clear_grads(model, [mixer], x0)
-    return (peak_rss_bytes() - before) / 2**20
+
+    def two_steps():  # the second step shows what the first one leaves behind (reused buffers)
+        for _ in range(2):
+            run_once(model, mixer, x0, grad, True)
+            clear_grads(model, [mixer], x0)
+
+    allocated = peak_allocated_bytes(two_steps)  # tensors at full size, as a GPU's allocator counts them
+    return (peak_rss_bytes() - before) / 2**20, allocated / 2**20
 
 
 def bench_trunk(args, width: int, depth: int, tokens: tuple[int, int], reps: int, bandwidth: float) -> list[dict]:
@@ -505,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.peak_memory_of:  # child process of `peak_extra_memory`
         width, depth, tokens, variant, pattern, device, dtype = json.loads(args.peak_memory_of)
-        print(measure_peak(width, depth, tuple(tokens), variant, pattern, device, dtype))
+        print(*measure_peak(width, depth, tuple(tokens), variant, pattern, device, dtype))
         return
     if args.quick:
         args.depths, args.widths = [6, 12], [64]
@@ -548,20 +558,25 @@ def main(argv: list[str] | None = None) -> None:
             for variant, pattern in [("transformer", None), ("keep_outputs", None),
                                      *((v, p) for p in args.patterns if parse_pattern(p)[1] <= depth
                                        for v in args.variants)]:
-                mb = peak_extra_memory(args, width, depth, tokens, variant, pattern)
+                rss, allocated = peak_extra_memory(args, width, depth, tokens, variant, pattern)
                 rows.append({"width": width, "depth": depth, "batch": tokens[0], "seq": tokens[1],
-                             "pattern": pattern or "-", "variant": variant, "peak_extra_mb": mb})
-            base = next(r["peak_extra_mb"] for r in rows if r["width"] == width and r["variant"] == "transformer")
+                             "pattern": pattern or "-", "variant": variant, "peak_extra_mb": rss,
+                             "allocated_peak_extra_mb": allocated})
+            output_mb = tokens[0] * tokens[1] * width * torch.empty(0, dtype=DTYPES[args.dtype]).element_size() / 2**20
+            base = next(r for r in rows if r["width"] == width and r["variant"] == "transformer")
             for r in rows:
-                if r["width"] == width:
-                    r["extra_vs_transformer_mb"] = r["peak_extra_mb"] - base
-                    r["outputs_per_dwa_step"] = (r["extra_vs_transformer_mb"] * 2**20 / (
-                        tokens[0] * tokens[1] * width * torch.empty(0, dtype=DTYPES[args.dtype]).element_size())
-                        / max(1, len(DWA(depth, *parse_pattern(r["pattern"])).dwa_depths))) if r["pattern"] != "-" else None
-                    print(f"  d={depth} w={width} {r['pattern']:>4} {r['variant']:<12} peak +{r['peak_extra_mb']:7.1f} MB"
-                          f"  ({r['extra_vs_transformer_mb']:+6.1f} MB vs the Transformer"
-                          + (f", {r['outputs_per_dwa_step']:.2f} outputs per DWA step)" if r["outputs_per_dwa_step"]
-                             is not None else ")"), flush=True)
+                if r["width"] != width:
+                    continue
+                steps = max(1, len(DWA(depth, *parse_pattern(r["pattern"])).dwa_depths)) if r["pattern"] != "-" else None
+                for kind, prefix in (("peak_extra_mb", ""), ("allocated_peak_extra_mb", "allocated_")):
+                    r[f"{prefix}extra_vs_transformer_mb"] = r[kind] - base[kind]
+                    r[f"{prefix}outputs_per_dwa_step"] = (
+                        r[f"{prefix}extra_vs_transformer_mb"] / output_mb / steps if steps else None)
+                print(f"  d={depth} w={width} {r['pattern']:>4} {r['variant']:<12} peak RSS +{r['peak_extra_mb']:7.1f} MB"
+                      f" ({r['extra_vs_transformer_mb']:+6.1f} vs the Transformer), allocated "
+                      f"+{r['allocated_peak_extra_mb']:7.1f} MB ({r['allocated_extra_vs_transformer_mb']:+6.1f})"
+                      + (f"; outputs per DWA step: RSS {r['outputs_per_dwa_step']:.2f}, allocated "
+                         f"{r['allocated_outputs_per_dwa_step']:.2f}" if steps else ""), flush=True)
         write_csv(rows, out / "memory.csv")
     if "groups" in args.sections:
         print("-- group size g of the blocked scheme (ours; ratios to the Transformer) --", flush=True)

@@ -64,6 +64,7 @@ def test_quick_benchmark_writes_every_variant_with_ratios(tmp_path):
     assert (decode.tokens_per_s > 0).all() and "-- goals at depth 12 --" in proc.stdout
     memory = pd.read_csv(tmp_path / "memory.csv")
     assert len(memory) == 2 + 2 * 3 and memory.peak_extra_mb.notna().all()
+    assert memory.allocated_peak_extra_mb.notna().all() and (memory.allocated_peak_extra_mb > 0).all()
     machine = json.loads((tmp_path / "machine.json").read_text())
     assert machine["dwa"]["malloc"].startswith("steady") and "allocator: steady" in proc.stdout
 

@@ -9,7 +9,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from denselab.models import DWA, GPT, ConnectToLast, LastK, Residual
-from denselab.models.dwa import Plan
+from denselab.memory import peak_allocated_bytes
+from denselab.models.dwa import Plan, group_size
 
 def FastDWA(*args, **kwargs) -> DWA:  # noqa: N802 - reads like the class it builds
     """The fast scheme whatever `implementation="auto"` would pick for the pattern."""
@@ -217,9 +218,21 @@ def saved_bytes(model: GPT, idx: torch.Tensor) -> int:
     return sum(storages.values())
 
 
+def grad_rows(dwa: DWA, numel: int) -> int:
+    """Rows the fast scheme's lane buffers have beyond the kept outputs, for the gradients G that the
+    backward writes into them ("G in X" in dwa.py); 0 for the reference."""
+    if not dwa.uses_fast_path:
+        return 0
+    plan = dwa.plan
+    g = group_size(plan, numel, train=True)
+    return sum(plan.buffer_rows(n, g) - len(lane.slots) for n, lane in enumerate(plan.lanes))
+
+
 @pytest.mark.parametrize("implementation", ["fast", "reference"])
 @pytest.mark.parametrize("depth,k,p", [(12, 1, 1), (12, 4, 5), (12, 2, 3)])
 def test_training_keeps_at_most_one_extra_output_per_dwa_step(depth, k, p, implementation):
+    """What autograd keeps from the forward: one output per DWA step (the fast scheme's buffers also
+    hold the rows its backward will write G into)."""
     torch.manual_seed(0)
     transformer = GPT(64, depth, WIDTH, HEADS, SEQ, mixer=Residual(depth))
     dwa = DWA(depth, k, p, implementation=implementation)
@@ -228,7 +241,45 @@ def test_training_keeps_at_most_one_extra_output_per_dwa_step(depth, k, p, imple
     output_bytes = BATCH * SEQ * WIDTH * 4
     alpha_bytes = sum(a.numel() * 4 for a in dwa.alphas)
     extra = saved_bytes(denseformer, idx) - saved_bytes(transformer, idx)
-    assert extra <= len(dwa.dwa_depths) * output_bytes + alpha_bytes
+    assert extra <= (len(dwa.dwa_depths) + grad_rows(dwa, BATCH * SEQ * WIDTH)) * output_bytes + alpha_bytes
+
+
+@pytest.mark.parametrize("depth,k,p", [(12, 1, 1), (24, 1, 1), (12, 2, 3)])
+def test_the_backward_writes_the_gradients_into_the_buffers_instead_of_a_buffer_of_its_own(depth, k, p):
+    """Peak tensor memory of a training step (allocated, as a GPU counts it) over the Transformer's:
+    the kept outputs, the G rows of the buffers and one group of partial gradients Q per lane — no
+    (R, N) gradient buffer beside X (which made it ~2 outputs per DWA step at 1x1)."""
+    torch.manual_seed(0)
+    width, seq = 64, 64
+    idx = torch.randint(0, 64, (BATCH, seq))
+
+    def peak(model: GPT) -> int:
+        def step():
+            model(idx).square().mean().backward()
+            model.zero_grad(set_to_none=True)
+
+        step()  # what stays between steps (the lane buffers) counts in the peak too:
+        if isinstance(model.mixer, DWA):
+            model.mixer.free_workspace()
+        return peak_allocated_bytes(step)
+
+    transformer = peak(GPT(64, depth, width, HEADS, seq, mixer=Residual(depth)))
+    dwa = FastDWA(depth, k, p)
+    extra = peak(GPT(64, depth, width, HEADS, seq, mixer=dwa)) - transformer
+    numel = BATCH * seq * width
+    g = group_size(dwa.plan, numel, train=True)
+    bound = len(dwa.dwa_depths) + grad_rows(dwa, numel) + g * len(dwa.plan.lanes)
+    assert extra <= bound * numel * 4
+    assert extra < 1.6 * len(dwa.dwa_depths) * numel * 4
+
+
+def test_backpropagating_a_fast_graph_twice_is_refused_with_a_clear_error():
+    """After the backward the buffers hold gradients, so a second one (retain_graph) would be wrong."""
+    model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6)))
+    loss = model(torch.randint(0, 64, (BATCH, SEQ))).square().mean()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="implementation='reference'"):
+        loss.backward()
 
 
 def test_consecutive_steps_reuse_the_buffers_and_agree():
@@ -247,9 +298,9 @@ def test_consecutive_steps_reuse_the_buffers_and_agree():
 
 
 def test_only_the_lane_buffers_are_kept_between_training_steps():
-    """G (one row per DWA) and the partial sums (the Y_t) are allocated per step, so that the backward
-    frees them as it goes and a step's peak holds nothing of the last step but the lanes X
-    (benchmarks/README.md, memory)."""
+    """The partial sums (the Y_t) and the backward's partial gradients Q are allocated per step, so
+    that the backward frees them as it goes and a step's peak holds nothing of the last step but the
+    lanes X, with the rows G goes into (benchmarks/README.md, memory)."""
     model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(12)))
     model.mixer.group = 3
     model(torch.randint(0, 64, (BATCH, SEQ))).square().mean().backward()

@@ -39,7 +39,9 @@ and Inductor fuses the sums itself (benchmarks/README.md, "compile").
 
 Both are exact (tests/test_dwa.py, tests/test_dwa_fast.py compare them with the formula written out
 naively, values and gradients) and both keep, for the backward, nothing but the block outputs some
-DWA reads: one (B, T, C) tensor per DWA step beyond what the Transformer keeps.
+DWA reads: one (B, T, C) tensor per DWA step beyond what the Transformer keeps. The fast scheme's
+buffers have a few rows more (g per lane at 1x1), into which, with the dead rows of X, its
+backward writes the gradients G, so that it needs no gradient buffer of its own ("G in X" below).
 """
 
 from __future__ import annotations
@@ -226,17 +228,28 @@ def num_dwa_parameters(depth: int, dilation: int = 1, period: int = 1) -> int:
 #     ∂L/∂X_j = Σ_{i ≥ j, j ∈ S_i} α_{i,j} G_i  (+ ∂L/∂Y_j from block j+1 when no DWA follows block j)
 #     ∂L/∂α_{i,j} = <G_i, X_j>
 #
-# Backpropagation meets the DWAs in reverse depth order; each G_i is stored once into a buffer of
-# the lane's rows. When block j's backward needs ∂L/∂X_j, every G_i with i ≥ j is already there, so
+# Backpropagation meets the DWAs in reverse depth order; each G_i is stored once into the lane's
+# buffer (below). When block j's backward needs ∂L/∂X_j, every G_i with i ≥ j is already there, so
 # ∂L/∂X_j is complete in one product, blocked over g consecutive columns exactly like the forward
-# (Aᵀ, reverse order). The α gradients wait until the end, where one product per lane, G · Xᵀ,
-# gives all of them, reading every G and X once (instead of once per (i, j) pair).
+# (Aᵀ, reverse order). The α gradients are blocked over g consecutive DWA rows t0..t1: when the
+# lowest one's G arrives, one product gives them all, ∂L/∂A[t0:t1+1, :c_t1] = G[t0:t1+1] · X[:c_t1]ᵀ.
+#
+# G in X. After that product no α gradient reads X_s for s ≥ c_t1 any more, and nothing else does
+# (a block whose input is a row, Y_j = X_j where no DWA follows block j, has run its backward before
+# the DWAs below j), so G_t is stored in the lane's buffer at row t + D, with D the smallest shift
+# that keeps every G row above the X rows its group's product still reads (`Plan.grad_shift`; g + 1
+# at 1x1: X has S rows and G needs R, the buffer max(S, R + D) rows). The backward then allocates no
+# (R, N) buffer of its own, which held ~1 output per DWA step more at the peak (benchmarks/README.md,
+# "memory"). The price: the α gradients read Σ_groups (g + c_t1) rows instead of R + S (no time
+# difference measured at 1x1 and 4x1), and after the backward the buffer's rows hold gradients: the
+# graph cannot be backpropagated twice (retain_graph; a clear error), and a block output kept from a
+# training forward (a hook's reference to a row) reads G afterwards — keep a copy.
 #
 # Autograd plumbing: `_Begin` (takes X_0 and all α, runs first forward / last backward, so it returns
 # the α gradients) and one `_Step` per block that writes a kept output or ends with a DWA. Both share
-# a `_Run` (buffers, A, the gradient buffers) for one forward pass. Writes into a buffer whose other
-# rows autograd has already saved are hidden from autograd's version counter: they only ever touch
-# rows nobody has read yet.
+# a `_Run` (buffers, A, the α gradients) for one forward pass. Writes into a buffer whose other rows
+# autograd has already saved are hidden from autograd's version counter: they only ever touch rows
+# nobody has read yet (forward) or nobody reads any more (backward).
 
 
 @dataclass(frozen=True)
@@ -351,17 +364,30 @@ class Plan:
             return [range(max(0, top - g + 1), top + 1) for top in range(n - 1, -1, -g)]
         return [range(a, min(a + g, n)) for a in range(0, n, g)]
 
-    def group_of(self, lane: int, g: int, from_top: bool) -> list[range]:
-        """owner[x] = the group holding x (DWA rows forward, buffer rows backward), cached."""
-        key = (lane, g, from_top)
+    def group_of(self, lane: int, g: int, from_top: bool, rows: bool | None = None) -> list[range]:
+        """owner[x] = the group holding x, cached: of the DWA rows (`rows`, default for the forward's
+        groups, from the bottom) or of the buffer rows (default for the backward's, from the top)."""
+        rows = (not from_top) if rows is None else rows
+        key = (lane, g, from_top, rows)
         if key not in self._group_cache:
-            n = len(self.lanes[lane].slots if from_top else self.lanes[lane].rows)
+            n = len(self.lanes[lane].rows if rows else self.lanes[lane].slots)
             owner: list[range] = [range(0)] * n
             for grp in self.groups(n, g, from_top):
                 for x in grp:
                     owner[x] = grp
             self._group_cache[key] = owner
         return self._group_cache[key]
+
+    def grad_shift(self, lane: int, g: int) -> int:
+        """D: G_t is stored at buffer row t + D (see "G in X" above). Row t + D must lie above the X
+        rows [0, c_t1) that the α-gradient product of t's group (rows t0..t1, from the top) reads
+        when G_t0 arrives, and above every X row a lower group reads (fewer): D = max (c_t1 - t0)."""
+        lane_ = self.lanes[lane]
+        return max(lane_.width[grp[-1]] - grp[0] for grp in self.groups(len(lane_.rows), g, from_top=True))
+
+    def buffer_rows(self, lane: int, g: int) -> int:
+        """Rows of a lane's buffer: its S outputs, and its R gradients shifted by `grad_shift`."""
+        return max(len(self.lanes[lane].slots), len(self.lanes[lane].rows) + self.grad_shift(lane, g))
 
     def traffic(self, group: int, train: bool = False) -> int:
         """(B, T, C)-tensor transfers (reads + writes) of the DWA sums of one forward, or of one
@@ -383,7 +409,8 @@ class Plan:
                 total += (R - t_top) + len(grp)  # Q = A[t_top:, grp]ᵀ · G[t_top:]
                 total += sum(1 + t_top - lane.first_row(s) + 1 for s in grp[:-1])  # Q[s] += ...
             total += 3 * sum(j not in self.row_of for j in lane.slots)  # Q[s] += ∂L/∂Y_j (no DWA at j)
-            total += R + S  # ∂L/∂A = G · Xᵀ
+            for grp in self.groups(R, group, from_top=True):  # ∂L/∂A[grp] = G[grp] · X[:c_t1]ᵀ
+                total += len(grp) + lane.width[grp[-1]]
         return total
 
 
@@ -454,14 +481,18 @@ class _Run:
         self.plan, self.shape, self.track, self.workspace = plan, x0.shape, track, workspace
         n = x0.numel()
         self.group = group or group_size(plan, n, train=track)
-        self.buffers = [workspace.take(("X", lane), (len(plan.lanes[lane].slots), n), x0)
-                        for lane in range(len(plan.lanes))]  # (S, N) per lane
+        # (max(S, R + D), N) per lane: X in rows [0, S) in the forward, G in rows [D, D + R) in the backward.
+        self.buffers = [workspace.take(("X", lane), (plan.buffer_rows(lane, self.group), n), x0)
+                        for lane in range(len(plan.lanes))]
+        self.shift = [plan.grad_shift(lane, self.group) for lane in range(len(plan.lanes))]
+        self.alphas_need_grad = track and any(a.requires_grad for a in alphas)
         with torch.no_grad():
             self.A = plan.alpha_matrices(alphas, x0.dtype) if track else _cached_alpha_matrices(
                 plan, alphas, x0.dtype, workspace)  # (R, S) per lane
         self.partial: list[torch.Tensor | None] = [None] * len(plan.lanes)  # forward P (g, N)
-        self.grads: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward G (R, N)
         self.grad_partial: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward Q (g, N)
+        self.grad_A: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward ∂L/∂A (R, S)
+        self.backward_done = False
 
     def _hidden_write(self, tensor: torch.Tensor):
         """Writes to rows nobody has read yet, kept from bumping the version counter that autograd
@@ -501,26 +532,35 @@ class _Run:
             P = self.partial[n]
             with self._hidden_write(P):
                 P[t - t0: t - t0 + 1].addmm_(A[t: t + 1, c0: lane.width[t]], X[c0: lane.width[t]])
-        return self.partial[n][t - t0].view(self.shape)
+        y = self.partial[n][t - t0].view(self.shape)
+        if t == grp[-1]:  # the group's last Y_t: from here on only autograd keeps P, and frees it as it goes
+            self.partial[n] = None
+        return y
 
     # -- backward ---------------------------------------------------------------------------------
+    def grads(self, n: int) -> torch.Tensor:
+        """G of lane n, (R, N): rows [D, D + R) of its buffer (see "G in X")."""
+        return self.buffers[n][self.shift[n]: self.shift[n] + len(self.plan.lanes[n].rows)]
+
     def store_grad(self, i: int, grad: torch.Tensor) -> None:
-        """Keep G_i = ∂L/∂Y_i for the DWA after block i."""
+        """Keep G_i = ∂L/∂Y_i for the DWA after block i, in X's rows that no α gradient reads any more;
+        at the lowest DWA of a group, the group's α gradients G[t0:t1+1] · X[:c_t1]ᵀ."""
         n, t = self.plan.row_of[i]
-        if self.grads[n] is None:
-            # Fresh every backward, not from the workspace: pages of a fresh buffer are touched only as
-            # its rows are written, while the backward frees the blocks' activations, so the peak does
-            # not hold the whole (R, N) buffer at once. Measured at depth 48, width 256 (memory.csv):
-            # 1x1 peak +2.34 → +1.37 outputs per DWA step; the price is a first touch of G's pages per
-            # step where the allocator does not reuse them (glibc's defaults for buffers > 32 MB).
-            self.grads[n] = grad.new_empty((len(self.plan.lanes[n].rows), grad.numel()))  # (R, N)
-        self.grads[n][t].copy_(grad.reshape(-1))
+        lane, X, D = self.plan.lanes[n], self.buffers[n], self.shift[n]
+        with self._hidden_write(X):
+            X[t + D].copy_(grad.reshape(-1))
+        grp = self.plan.group_of(n, self.group, from_top=True, rows=True)[t]
+        if t == grp.start and self.alphas_need_grad:  # G[t0:t1+1] all in; X[:c_t1] not yet overwritten
+            if self.grad_A[n] is None:
+                self.grad_A[n] = X.new_zeros((len(lane.rows), len(lane.slots)))  # (R, S)
+            c = lane.width[grp[-1]]
+            self.grad_A[n][grp.start: grp.stop, :c] = _gram(X[grp.start + D: grp.stop + D], X[:c])
 
     def grad_output(self, j: int, through: torch.Tensor | None) -> torch.Tensor:
         """∂L/∂X_j = Σ_{i ≥ j} α_{i,j} G_i (+ `through`, ∂L/∂Y_j when no DWA follows block j), blocked
         over groups of consecutive columns taken from the top."""
         n, s = self.plan.slot_of[j]
-        lane, A, G = self.plan.lanes[n], self.A[n], self.grads[n]
+        lane, A, G = self.plan.lanes[n], self.A[n], self.grads(n)
         grp = self.plan.group_of(n, self.group, from_top=True)[s]  # counted from the top: backward order
         top, r = grp[-1], s - grp.start
         t_top = lane.first_row(top)  # DWAs reading column `top`: rows t_top.. (all stored by now)
@@ -533,11 +573,20 @@ class _Run:
             Q[r: r + 1].addmm_(A[t_s:t_top, s: s + 1].t(), G[t_s:t_top])
         if through is not None:
             Q[r].add_(through.reshape(-1))
+        if s == grp.start:  # the group's last column: Q lives on only as the blocks' gradients
+            self.grad_partial[n] = None
         return Q[r].view(self.shape)
 
+    def check_first_backward(self) -> None:
+        if self.backward_done:
+            raise RuntimeError("DWA (implementation='fast'): this graph was already backpropagated and its "
+                               "buffers now hold gradients (see 'G in X'); backpropagate it once, or use "
+                               "implementation='reference' to backpropagate twice (retain_graph=True)")
+
     def alpha_grads(self, alphas_like: torch.Tensor) -> list[torch.Tensor]:
-        """∂L/∂α_{i,j} = <G_i, X_j>: one product G · Xᵀ (R, S) per lane, see `_gram`."""
-        grads = [_gram(G, X) for G, X in zip(self.grads, self.buffers)]
+        """∂L/∂α_{i,j} = <G_i, X_j>, from the products `store_grad` made."""
+        grads = [A if A is not None else X.new_zeros(len(lane.rows), len(lane.slots))  # a lane with no G: no loss path
+                 for A, X, lane in zip(self.grad_A, self.buffers, self.plan.lanes)]
         return self.plan.alpha_gradients(grads, alphas_like)
 
 
@@ -579,10 +628,12 @@ class _Begin(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y0: torch.Tensor):
         run = ctx.run
+        run.check_first_backward()
         with _no_autocast(grad_y0):  # the products in the buffers' dtype
             grad_x0 = run.grad_output(0, grad_y0) if 0 in run.plan.slot_of else grad_y0
             needed = any(ctx.needs_input_grad[2:])
             alpha_grads = run.alpha_grads(ctx.alpha_like) if needed else [None] * ctx.n_alphas
+        run.backward_done = True  # the last node of the backward: G has overwritten X
         return (None, grad_x0, *alpha_grads)
 
 
@@ -598,6 +649,7 @@ class _Step(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         run, i = ctx.run, ctx.i
+        run.check_first_backward()
         dwa = i in run.plan.row_of
         with _no_autocast(grad_y):  # the products in the buffers' dtype
             if dwa:

@@ -1,0 +1,29 @@
+"""Peak tensor memory of a call, the way a GPU's caching allocator counts it, on any device.
+
+Why not the process's RSS: on CPU a fresh tensor's pages count only once written, and freed ones may
+stay in the process or go back to the OS depending on glibc's history, so RSS says when pages were
+touched rather than how much tensor memory was alive. `torch.cuda.max_memory_allocated` counts every
+tensor at its full size from allocation to free; this does the same from the profiler's allocation
+events (`profile_memory=True`), which every device reports.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+def peak_allocated_bytes(fn: Callable[[], object]) -> int:
+    """The largest total size of tensors that `fn()` had allocated and not yet freed, at any moment
+    of the call (bytes; tensors alive before the call are not counted)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # [memory] events: +nbytes at an allocation, -nbytes at a free, in time order.
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
