@@ -40,14 +40,13 @@ and Inductor fuses the sums itself (benchmarks/README.md, "compile").
 Both are exact (tests/test_dwa.py, tests/test_dwa_fast.py compare them with the formula written out
 naively, values and gradients) and both keep, for the backward, nothing but the block outputs some
 DWA reads: one (B, T, C) tensor per DWA step beyond what the Transformer keeps. The fast scheme's
-buffers have a few rows more (g per lane at 1x1), into which, with the dead rows of X, its
-backward writes the gradients G, so that it needs no gradient buffer of its own ("G in X" below).
+backward writes the gradients G into the rows of its buffers that hold no live X any more, so that
+it needs no gradient buffer of its own ("G in X" below).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -228,22 +227,27 @@ def num_dwa_parameters(depth: int, dilation: int = 1, period: int = 1) -> int:
 #     ∂L/∂X_j = Σ_{i ≥ j, j ∈ S_i} α_{i,j} G_i  (+ ∂L/∂Y_j from block j+1 when no DWA follows block j)
 #     ∂L/∂α_{i,j} = <G_i, X_j>
 #
-# Backpropagation meets the DWAs in reverse depth order; each G_i is stored once into the lane's
-# buffer (below). When block j's backward needs ∂L/∂X_j, every G_i with i ≥ j is already there, so
-# ∂L/∂X_j is complete in one product, blocked over g consecutive columns exactly like the forward
-# (Aᵀ, reverse order). The α gradients are blocked over g consecutive DWA rows t0..t1: when the
-# lowest one's G arrives, one product gives them all, ∂L/∂A[t0:t1+1, :c_t1] = G[t0:t1+1] · X[:c_t1]ᵀ.
+# Backpropagation meets the DWAs in reverse depth order. When block j's backward needs ∂L/∂X_j,
+# every G_i with i ≥ j has arrived, so ∂L/∂X_j is complete in one product, blocked over g
+# consecutive columns exactly like the forward (Aᵀ, reverse order). The α gradients are blocked over
+# g consecutive DWA rows t0..t1: their G are collected in a (g, N) tensor until the lowest one
+# arrives, then one product gives them all, ∂L/∂A[t0:t1+1, :c_t1] = G[t0:t1+1] · X[:c_t1]ᵀ.
 #
-# G in X. After that product no α gradient reads X_s for s ≥ c_t1 any more, and nothing else does
-# (a block whose input is a row, Y_j = X_j where no DWA follows block j, has run its backward before
-# the DWAs below j), so G_t is stored in the lane's buffer at row t + D, with D the smallest shift
-# that keeps every G row above the X rows its group's product still reads (`Plan.grad_shift`; g + 1
-# at 1x1: X has S rows and G needs R, the buffer max(S, R + D) rows). The backward then allocates no
-# (R, N) buffer of its own, which held ~1 output per DWA step more at the peak (benchmarks/README.md,
-# "memory"). The price: the α gradients read Σ_groups (g + c_t1) rows instead of R + S (no time
-# difference measured at 1x1 and 4x1), and after the backward the buffer's rows hold gradients: the
-# graph cannot be backpropagated twice (retain_graph; a clear error), and a block output kept from a
-# training forward (a hook's reference to a row) reads G afterwards — keep a copy.
+# G in X. Then the group's G go into the lane's buffer, at rows t + D: D is the smallest shift for
+# which no DWA row below reads the X there any more, and no block whose input that X is
+# (Y_j = X_j where no DWA follows block j) still has its backward to run (`Plan.grad_shift`: 1 at
+# 1x1, where X has one row more than there are DWAs, so the buffer needs no row beyond X's). The
+# backward then keeps no (R, N) gradient buffer of its own, which held ~1 output per DWA step more
+# at the peak (benchmarks/README.md, "memory"). From the top, the backward's groups (of DWA rows and
+# of columns) start and end with a group of one row: its peak memory is at its first block (all
+# activations alive) or its end (all weight gradients alive), and a group's G or partial gradients
+# live from its first row to its last. The price, in training at depth 48, 1x1: 1,363 transfers
+# (`Plan.traffic`, g = 8) where a separate (R, N) G buffer moved 1,061 (g = 7): each group's G is
+# copied twice and the α gradients read X once per group; measured +0.0-1.3 % on a training step
+# (benchmarks/README.md, "memory"). After the backward the buffer's rows
+# hold gradients: the graph cannot be backpropagated twice (retain_graph; a clear error), and a
+# block output kept from a training forward (a hook's reference to a row) reads G afterwards — keep
+# a copy.
 #
 # Autograd plumbing: `_Begin` (takes X_0 and all α, runs first forward / last backward, so it returns
 # the α gradients) and one `_Step` per block that writes a kept output or ends with a DWA. Both share
@@ -280,7 +284,8 @@ class Plan:
         self.depth, self.lanes, self.dwa_depths = depth, lanes, dwa_depths
         # Σ_i |S_i| over the number of kept outputs: how many DWAs read a kept output on average.
         self.reads_per_kept_output = sum(len(s) for s in sources.values()) / sum(len(lane.slots) for lane in lanes)
-        self._group_cache: dict[tuple[int, int, bool], list[range]] = {}
+        self._group_cache: dict[tuple[int, int, bool, bool], list[range]] = {}
+        self._shift_cache: dict[int, int] = {}  # `grad_shift` by lane
         self.best_group: dict[bool, int] = {}  # `group_size` for large tensors, by train
         self.slot_of = {j: (n, s) for n, lane in enumerate(lanes) for s, j in enumerate(lane.slots)}
         self.row_of = {i: (n, t) for n, lane in enumerate(lanes) for t, i in enumerate(lane.rows)}
@@ -358,10 +363,17 @@ class Plan:
     # -- groups of the blocked scheme -------------------------------------------------------------
     @staticmethod
     def groups(n: int, g: int, from_top: bool = False) -> list[range]:
-        """range(n) cut into consecutive groups of g, from the bottom (the forward's order over DWAs)
-        or from the top (the backward's order over buffer rows); the last group may be shorter."""
+        """range(n) cut into consecutive groups of g, from the bottom (the forward's order over DWAs;
+        the last group may be shorter) or from the top (the backward's order over DWA rows and buffer
+        rows). From the top, the top row and the bottom row are groups of their own: the backward's
+        peak memory is where it starts (while the top block's activations are all alive) or where it
+        ends (while all weight gradients are), and a group's partial gradients live from its top
+        row to its bottom row; the group above the bottom row may be shorter."""
         if from_top:
-            return [range(max(0, top - g + 1), top + 1) for top in range(n - 1, -1, -g)]
+            if n <= 2:
+                return [range(x, x + 1) for x in range(n - 1, -1, -1)]
+            middle = [range(max(1, top - g + 1), top + 1) for top in range(n - 2, 0, -g)]
+            return [range(n - 1, n), *middle, range(1)]
         return [range(a, min(a + g, n)) for a in range(0, n, g)]
 
     def group_of(self, lane: int, g: int, from_top: bool, rows: bool | None = None) -> list[range]:
@@ -378,16 +390,30 @@ class Plan:
             self._group_cache[key] = owner
         return self._group_cache[key]
 
-    def grad_shift(self, lane: int, g: int) -> int:
-        """D: G_t is stored at buffer row t + D (see "G in X" above). Row t + D must lie above the X
-        rows [0, c_t1) that the α-gradient product of t's group (rows t0..t1, from the top) reads
-        when G_t0 arrives, and above every X row a lower group reads (fewer): D = max (c_t1 - t0)."""
+    def grad_shift(self, lane: int) -> int:
+        """D: G_t goes into buffer row t + D (see "G in X" above), the smallest D for which, as soon
+        as G_t arrives, (a) no DWA row below t reads the X in row t + D (t + D ≥ c_{t-1}) and (b) if
+        that X_j is a block's input (no DWA follows block j), block j+1 has run its backward (j ≥ i_t).
+        1 at 1x1 (X has one row more than there are DWAs), 0 for the lanes of 4x1 without X_0."""
+        if lane in self._shift_cache:
+            return self._shift_cache[lane]
         lane_ = self.lanes[lane]
-        return max(lane_.width[grp[-1]] - grp[0] for grp in self.groups(len(lane_.rows), g, from_top=True))
+        S = len(lane_.slots)
 
-    def buffer_rows(self, lane: int, g: int) -> int:
+        def fits(D: int) -> bool:
+            for t, i in enumerate(lane_.rows):
+                if t > 0 and t + D < lane_.width[t - 1]:
+                    return False
+                if t + D < S and lane_.slots[t + D] not in self.row_of and lane_.slots[t + D] < i:
+                    return False
+            return True
+
+        self._shift_cache[lane] = next(D for D in range(S + 1) if fits(D))  # D = S overwrites no X
+        return self._shift_cache[lane]
+
+    def buffer_rows(self, lane: int) -> int:
         """Rows of a lane's buffer: its S outputs, and its R gradients shifted by `grad_shift`."""
-        return max(len(self.lanes[lane].slots), len(self.lanes[lane].rows) + self.grad_shift(lane, g))
+        return max(len(self.lanes[lane].slots), len(self.lanes[lane].rows) + self.grad_shift(lane))
 
     def traffic(self, group: int, train: bool = False) -> int:
         """(B, T, C)-tensor transfers (reads + writes) of the DWA sums of one forward, or of one
@@ -403,7 +429,7 @@ class Plan:
             return total
         for lane in self.lanes:
             R, S = len(lane.rows), len(lane.slots)
-            total += 2 * R  # G_i copied into the lane's gradient buffer
+            total += 2 * R  # G_i copied into the group's G (the lane's buffer when the group is one row)
             for grp in self.groups(S, group, from_top=True):
                 t_top = lane.first_row(grp[-1])
                 total += (R - t_top) + len(grp)  # Q = A[t_top:, grp]ᵀ · G[t_top:]
@@ -411,6 +437,7 @@ class Plan:
             total += 3 * sum(j not in self.row_of for j in lane.slots)  # Q[s] += ∂L/∂Y_j (no DWA at j)
             for grp in self.groups(R, group, from_top=True):  # ∂L/∂A[grp] = G[grp] · X[:c_t1]ᵀ
                 total += len(grp) + lane.width[grp[-1]]
+                total += 2 * len(grp) if len(grp) > 1 else 0  # the group's G copied into the buffer
         return total
 
 
@@ -482,9 +509,9 @@ class _Run:
         n = x0.numel()
         self.group = group or group_size(plan, n, train=track)
         # (max(S, R + D), N) per lane: X in rows [0, S) in the forward, G in rows [D, D + R) in the backward.
-        self.buffers = [workspace.take(("X", lane), (plan.buffer_rows(lane, self.group), n), x0)
+        self.buffers = [workspace.take(("X", lane), (plan.buffer_rows(lane), n), x0)
                         for lane in range(len(plan.lanes))]
-        self.shift = [plan.grad_shift(lane, self.group) for lane in range(len(plan.lanes))]
+        self.shift = [plan.grad_shift(lane) for lane in range(len(plan.lanes))]
         self.alphas_need_grad = track and any(a.requires_grad for a in alphas)
         with torch.no_grad():
             self.A = plan.alpha_matrices(alphas, x0.dtype) if track else _cached_alpha_matrices(
@@ -492,6 +519,8 @@ class _Run:
         self.partial: list[torch.Tensor | None] = [None] * len(plan.lanes)  # forward P (g, N)
         self.grad_partial: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward Q (g, N)
         self.grad_A: list[torch.Tensor | None] = [None] * len(plan.lanes)  # backward ∂L/∂A (R, S)
+        # backward: (t0, G[t0:t1+1]) of the group of DWA rows whose α gradients are still to come
+        self.grad_group: list[tuple[int, torch.Tensor] | None] = [None] * len(plan.lanes)
         self.backward_done = False
 
     def _hidden_write(self, tensor: torch.Tensor):
@@ -538,39 +567,71 @@ class _Run:
         return y
 
     # -- backward ---------------------------------------------------------------------------------
-    def grads(self, n: int) -> torch.Tensor:
-        """G of lane n, (R, N): rows [D, D + R) of its buffer (see "G in X")."""
-        return self.buffers[n][self.shift[n]: self.shift[n] + len(self.plan.lanes[n].rows)]
+    def grads(self, n: int, lo: int, hi: int) -> list[tuple[int, torch.Tensor]]:
+        """G[lo:hi] of lane n as pieces (first row, rows): of the group still waiting for its α
+        gradients, and of the lane's buffer at rows [lo + D, hi + D) (see "G in X")."""
+        pieces, D = [], self.shift[n]
+        if self.grad_group[n] is not None:
+            t0, G = self.grad_group[n]
+            t1 = t0 + len(G) - 1
+            assert lo >= t0, "G rows asked for before they arrived"
+            if lo <= t1:
+                pieces.append((lo, G[lo - t0: min(hi, t1 + 1) - t0]))
+                lo = t1 + 1
+        if lo < hi:
+            pieces.append((lo, self.buffers[n][lo + D: hi + D]))
+        return pieces
 
     def store_grad(self, i: int, grad: torch.Tensor) -> None:
-        """Keep G_i = ∂L/∂Y_i for the DWA after block i, in X's rows that no α gradient reads any more;
-        at the lowest DWA of a group, the group's α gradients G[t0:t1+1] · X[:c_t1]ᵀ."""
+        """Keep G_i = ∂L/∂Y_i for the DWA after block i. Its group of DWA rows (t0..t1, from the top)
+        collects the G until the lowest one arrives; then its α gradients G[t0:t1+1] · X[:c_t1]ᵀ, and
+        the G go into X's rows [t0 + D, t1 + D], which no α gradient reads any more."""
         n, t = self.plan.row_of[i]
         lane, X, D = self.plan.lanes[n], self.buffers[n], self.shift[n]
-        with self._hidden_write(X):
-            X[t + D].copy_(grad.reshape(-1))
+        grad = grad.reshape(1, -1)  # (1, N)
+        if not self.alphas_need_grad:
+            with self._hidden_write(X):
+                X[t + D].copy_(grad[0])
+            return
         grp = self.plan.group_of(n, self.group, from_top=True, rows=True)[t]
-        if t == grp.start and self.alphas_need_grad:  # G[t0:t1+1] all in; X[:c_t1] not yet overwritten
-            if self.grad_A[n] is None:
-                self.grad_A[n] = X.new_zeros((len(lane.rows), len(lane.slots)))  # (R, S)
-            c = lane.width[grp[-1]]
-            self.grad_A[n][grp.start: grp.stop, :c] = _gram(X[grp.start + D: grp.stop + D], X[:c])
+        if len(grp) > 1:
+            if t == grp[-1]:
+                # New per group and dropped when its rows are in the buffer, like the forward's P
+                self.grad_group[n] = (grp.start, X.new_empty((len(grp), X.shape[1])))
+            G = self.grad_group[n][1]
+            G[t - grp.start].copy_(grad[0])
+            if t > grp.start:
+                return
+        else:
+            G = grad
+        if self.grad_A[n] is None:
+            self.grad_A[n] = X.new_zeros((len(lane.rows), len(lane.slots)))  # (R, S)
+        c = lane.width[grp[-1]]
+        self.grad_A[n][grp.start: grp.stop, :c] = _gram(G, X[:c])
+        with self._hidden_write(X):
+            X[grp.start + D: grp.stop + D].copy_(G)
+        self.grad_group[n] = None
 
     def grad_output(self, j: int, through: torch.Tensor | None) -> torch.Tensor:
         """∂L/∂X_j = Σ_{i ≥ j} α_{i,j} G_i (+ `through`, ∂L/∂Y_j when no DWA follows block j), blocked
         over groups of consecutive columns taken from the top."""
         n, s = self.plan.slot_of[j]
-        lane, A, G = self.plan.lanes[n], self.A[n], self.grads(n)
+        lane, A, R = self.plan.lanes[n], self.A[n], len(self.plan.lanes[n].rows)
         grp = self.plan.group_of(n, self.group, from_top=True)[s]  # counted from the top: backward order
         top, r = grp[-1], s - grp.start
         t_top = lane.first_row(top)  # DWAs reading column `top`: rows t_top.. (all stored by now)
         if s == top:
-            # New per group, like G: the rows go out as the blocks' gradients and are freed with them.
-            self.grad_partial[n] = torch.mm(A[t_top:, grp.start: top + 1].t(), G[t_top:])  # (g, N)
+            # New per group: the rows go out as the blocks' gradients and are freed with them.
+            Q = None
+            for t, G in self.grads(n, t_top, R):  # Q = A[t_top:, grp]ᵀ · G[t_top:], (g, N)
+                a = A[t: t + len(G), grp.start: top + 1].t()
+                Q = torch.mm(a, G) if Q is None else Q.addmm_(a, G)
+            self.grad_partial[n] = Q
         Q = self.grad_partial[n]
         t_s = lane.first_row(s)
         if t_s < t_top:  # DWAs reading column s but not `top`
-            Q[r: r + 1].addmm_(A[t_s:t_top, s: s + 1].t(), G[t_s:t_top])
+            for t, G in self.grads(n, t_s, t_top):
+                Q[r: r + 1].addmm_(A[t: t + len(G), s: s + 1].t(), G)
         if through is not None:
             Q[r].add_(through.reshape(-1))
         if s == grp.start:  # the group's last column: Q lives on only as the blocks' gradients
