@@ -106,3 +106,16 @@ def test_overhead_script_prints_the_cost_per_block_of_both_implementations():
     for line in lines:  # "... per block: ours +  41.3 us (g=6), reference +  86.5 us"
         ours, reference = (float(part.split("+")[1].split("us")[0]) for part in line.split("per block:")[1].split(","))
         assert abs(ours) < 1e5 and abs(reference) < 1e5  # microseconds, parsed (timing itself is not asserted)
+
+
+def test_ab_script_times_an_earlier_commits_dwa_against_the_working_trees():
+    cmd = [sys.executable, "benchmarks/dwa_ab.py", "--old", "HEAD", "--depth", "4", "--width", "64",
+           "--reps", "2", "--patterns", "1x1"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
+    ratios = {}
+    for line in out.splitlines():  # "  1x1 new / old: x1.004 [0.993, 1.024]"
+        if line.strip().startswith("1x1"):
+            name, figures = line.strip()[4:].split(":")
+            ratios[name] = float(figures.split()[0].lstrip("x"))
+    assert set(ratios) == {"old", "new", "new / old"}
+    assert all(r > 0 for r in ratios.values())
