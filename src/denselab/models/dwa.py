@@ -243,11 +243,11 @@ def num_dwa_parameters(depth: int, dilation: int = 1, period: int = 1) -> int:
 # activations alive) or its end (all weight gradients alive), and a group's G or partial gradients
 # live from its first row to its last. The price, in training at depth 48, 1x1: 1,363 transfers
 # (`Plan.traffic`, g = 8) where a separate (R, N) G buffer moved 1,061 (g = 7): each group's G is
-# copied twice and the α gradients read X once per group; measured +0.0-1.3 % on a training step
-# (benchmarks/README.md, "memory"). After the backward the buffer's rows
-# hold gradients: the graph cannot be backpropagated twice (retain_graph; a clear error), and a
-# block output kept from a training forward (a hook's reference to a row) reads G afterwards — keep
-# a copy.
+# copied twice and the α gradients read X once per group; measured ~2 % of a training step at
+# depth 48, width 256 (`benchmarks/dwa_ab.py`; benchmarks/README.md, "memory"). After the backward
+# the buffer's rows hold gradients: the graph cannot be backpropagated twice (retain_graph; a clear
+# error), and a block output kept from a training forward (a hook's reference to a row) reads G
+# afterwards — keep a copy.
 #
 # Autograd plumbing: `_Begin` (takes X_0 and all α, runs first forward / last backward, so it returns
 # the α gradients) and one `_Step` per block that writes a kept output or ends with a DWA. Both share
