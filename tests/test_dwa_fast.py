@@ -276,6 +276,38 @@ def test_a_training_step_peaks_at_one_extra_output_per_dwa_step_and_two_in_fligh
     assert extra <= (len(dwa.dwa_depths) + 2) * output_bytes
 
 
+@pytest.mark.parametrize("depth,k,p", [(12, 1, 1), (24, 1, 1), (24, 4, 1)])
+def test_a_backward_that_peaks_at_its_end_holds_only_the_lane_buffers(depth, k, p):
+    """Where the weight gradients outweigh the activations (few tokens, wide blocks: the paper's
+    width at batch 1 in the benchmark), a training step's peak is at the end of the backward, and
+    the DWA adds only its lane buffers there: the output the caller holds and the lowest columns'
+    gradients are tensors of their own, not views that keep their group's other g - 1 rows alive
+    (with views: 3 outputs more at g = 4)."""
+    torch.manual_seed(0)
+    width, seq = 256, 4
+
+    def peak(mixer: torch.nn.Module) -> int:
+        model = GPT(64, depth, width, HEADS, seq, mixer=mixer)
+        x0 = torch.randn(BATCH, seq, width, requires_grad=True)
+
+        def step():
+            y = model.mixer(x0, model.blocks, model.rotary)  # held through the backward, as a caller does
+            y.backward(torch.ones_like(y))
+            model.zero_grad(set_to_none=True)
+
+        step()
+        if isinstance(mixer, DWA):
+            mixer.free_workspace()
+        return peak_allocated_bytes(step)
+
+    transformer = peak(Residual(depth))
+    dwa = FastDWA(depth, k, p)
+    dwa.group = 4
+    extra = peak(dwa) - transformer
+    output_bytes = BATCH * seq * width * 4
+    buffer_rows = sum(dwa.plan.buffer_rows(lane) for lane in range(len(dwa.plan.lanes)))
+    assert extra <= (buffer_rows + 1) * output_bytes
+
 def test_backpropagating_a_fast_graph_twice_is_refused_with_a_clear_error():
     """After the backward the buffers hold gradients, so a second one (retain_graph) would be wrong."""
     model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6)))

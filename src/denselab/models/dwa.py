@@ -559,8 +559,16 @@ class _Run:
             self.partial[n] = torch.mm(A[grp.start: grp.stop, :c0], X[:c0], out=out)  # (g, N)
         elif lane.width[t] > c0:
             P = self.partial[n]
+            a, x = A[t: t + 1, c0: lane.width[t]], X[c0: lane.width[t]]
+            if self.track and i == self.plan.depth:
+                # The model's output, which the caller holds through the whole backward: a tensor of
+                # its own (same traffic, out of place), or its view would keep the group's other g - 1
+                # rows alive to the end of the backward, where its peak is when the weight
+                # gradients are large (depth 48, width 768: 7 outputs at 1x1, g = 8).
+                self.partial[n] = None
+                return torch.addmm(P[t - t0: t - t0 + 1], a, x).view(self.shape)
             with self._hidden_write(P):
-                P[t - t0: t - t0 + 1].addmm_(A[t: t + 1, c0: lane.width[t]], X[c0: lane.width[t]])
+                P[t - t0: t - t0 + 1].addmm_(a, x)
         y = self.partial[n][t - t0].view(self.shape)
         if t == grp[-1]:  # the group's last Y_t: from here on only autograd keeps P, and frees it as it goes
             self.partial[n] = None
@@ -628,15 +636,24 @@ class _Run:
                 Q = torch.mm(a, G) if Q is None else Q.addmm_(a, G)
             self.grad_partial[n] = Q
         Q = self.grad_partial[n]
+        q = Q[r: r + 1]  # (1, N)
+        # The group's last column goes out in a tensor of its own (its first addition out of place:
+        # same traffic), so that Q is freed with the block above it: a view would keep Q's g rows
+        # alive through block s's backward, the backward's peak when s = 1 and the weight gradients
+        # are large (depth 48, width 768, 1x1: 6 outputs more at g = 8).
+        in_place = s != grp.start or len(grp) == 1
         t_s = lane.first_row(s)
         if t_s < t_top:  # DWAs reading column s but not `top`
             for t, G in self.grads(n, t_s, t_top):
-                Q[r: r + 1].addmm_(A[t: t + len(G), s: s + 1].t(), G)
+                a = A[t: t + len(G), s: s + 1].t()
+                q, in_place = (q.addmm_(a, G) if in_place else torch.addmm(q, a, G)), True
         if through is not None:
-            Q[r].add_(through.reshape(-1))
+            q, in_place = (q.add_(through.reshape(1, -1)) if in_place else q + through.reshape(1, -1)), True
+        if not in_place:
+            q = q.clone()
         if s == grp.start:  # the group's last column: Q lives on only as the blocks' gradients
             self.grad_partial[n] = None
-        return Q[r].view(self.shape)
+        return q.view(self.shape)
 
     def check_first_backward(self) -> None:
         if self.backward_done:
