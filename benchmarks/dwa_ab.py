@@ -5,8 +5,8 @@
 Loads `src/denselab/models/dwa.py` as it was at `--old` (`git show`) beside the current one, and
 times the Transformer trunk, the old and the new DWA (both `implementation="fast"`) in one process
 with interleaved repetitions, as `dwa_bench.py` does. Prints each one's median ratio to the
-Transformer and new / old, with the quartiles [q1, q3] of the per-repetition ratios: a change whose
-ratio lies inside them is inside this host's noise. Asserts nothing about time.
+Transformer and new / old (ratio of the medians), with the median and quartiles [q1, q3] of the
+per-repetition ratios: a change whose ratio lies inside them is inside this host's noise. Asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -69,12 +69,13 @@ def main(argv: list[str] | None = None) -> None:
                                   between=lambda mixers=mixers: bench.clear_grads(model, mixers.values(), x0))
         base = times["transformer"]
         for name in ("old", "new"):
-            q1, q3 = bench.paired_ratios(times[name], base)
+            q1, paired, q3 = bench.paired_ratios(times[name], base)
             ratio = statistics.median(times[name]) / statistics.median(base)
-            print(f"  {pattern} {name}: x{ratio:.3f} [{q1:.3f}, {q3:.3f}] vs the Transformer", flush=True)
-        q1, q3 = bench.paired_ratios(times["new"], times["old"])
+            print(f"  {pattern} {name}: x{ratio:.3f}  per rep. {paired:.3f} [{q1:.3f}, {q3:.3f}] vs the Transformer",
+                  flush=True)
+        q1, paired, q3 = bench.paired_ratios(times["new"], times["old"])
         ratio = statistics.median(times["new"]) / statistics.median(times["old"])
-        print(f"  {pattern} new / old: x{ratio:.3f} [{q1:.3f}, {q3:.3f}]", flush=True)
+        print(f"  {pattern} new / old: x{ratio:.3f}  per rep. {paired:.3f} [{q1:.3f}, {q3:.3f}]", flush=True)
 
 
 if __name__ == "__main__":
