@@ -6,7 +6,8 @@ Loads `src/denselab/models/dwa.py` as it was at `--old` (`git show`) beside the 
 times the Transformer trunk, the old and the new DWA (both `implementation="fast"`) in one process
 with interleaved repetitions, as `dwa_bench.py` does. Prints each one's median ratio to the
 Transformer and new / old (ratio of the medians), with the median and quartiles [q1, q3] of the
-per-repetition ratios: a change whose ratio lies inside them is inside this host's noise. Asserts nothing about time.
+per-repetition ratios: a change whose ratio lies inside them is inside this host's noise. Asserts
+nothing about time.
 """
 
 from __future__ import annotations

@@ -487,9 +487,10 @@ def summarize_goals(rows: list[dict], depth: int) -> list[str]:
         for pattern, mode, goal in GOALS:
             r = d[(d.pattern == pattern) & (d["mode"] == mode)]
             if len(r):
-                ratio, paired, q1, q3 = (float(r[c].iloc[0]) for c in ("ratio", "ratio_paired", "ratio_q1", "ratio_q3"))
-                lines.append(f"  w={width:<4} {pattern:>4} {mode:<5} x{ratio:.3f}  per rep. {paired:.3f} [{q1:.3f}, {q3:.3f}]  "
-                             f"goal <= {goal:.2f}  {goal_verdict(paired, q1, goal)}")
+                columns = ("ratio", "ratio_paired", "ratio_q1", "ratio_q3")
+                ratio, paired, q1, q3 = (float(r[c].iloc[0]) for c in columns)
+                lines.append(f"  w={width:<4} {pattern:>4} {mode:<5} x{ratio:.3f}  per rep. {paired:.3f} "
+                             f"[{q1:.3f}, {q3:.3f}]  goal <= {goal:.2f}  {goal_verdict(paired, q1, goal)}")
         r = d[(d.pattern == "1x1") & (d["mode"] == "train")]
         if len(r):
             # The goal is on "the 1x1 DWA forward+backward": the time the DWA adds to the Transformer.

@@ -280,9 +280,9 @@ def test_a_training_step_peaks_at_one_extra_output_per_dwa_step_and_two_in_fligh
 def test_a_backward_that_peaks_at_its_end_holds_only_the_lane_buffers(depth, k, p):
     """Where the weight gradients outweigh the activations (few tokens, wide blocks: the paper's
     width at batch 1 in the benchmark), a training step's peak is at the end of the backward, and
-    the DWA adds only its lane buffers there: the output the caller holds and the lowest columns'
-    gradients are tensors of their own, not views that keep their group's other g - 1 rows alive
-    (with views: 3 outputs more at g = 4)."""
+    the DWA adds only its lane buffers there: the output, which the caller holds, is a tensor of its
+    own, not a view that keeps the other g - 1 rows of its group of partial sums alive (with the
+    view: 3 outputs more at 1x1, 1 at 4x1, g = 4)."""
     torch.manual_seed(0)
     width, seq = 256, 4
 
@@ -307,6 +307,34 @@ def test_a_backward_that_peaks_at_its_end_holds_only_the_lane_buffers(depth, k, 
     output_bytes = BATCH * seq * width * 4
     buffer_rows = sum(dwa.plan.buffer_rows(lane) for lane in range(len(dwa.plan.lanes)))
     assert extra <= (buffer_rows + 1) * output_bytes
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_the_lowest_column_of_each_gradient_group_gets_a_tensor_of_its_own(k):
+    """∂L/∂X_j for the columns of one group (g = 4) are rows of one (g, N) tensor Q, except the
+    group's lowest column, the last one the backward reaches: its gradient has storage of its own,
+    so Q is freed before that block's backward, which for X_1 is where the weight gradients make the
+    peak (the paper's width at batch 1 in the benchmark)."""
+    depth = 12
+    dwa = FastDWA(depth, k, 1)
+    dwa.group = 4
+    model = GPT(64, depth, WIDTH, HEADS, SEQ, mixer=dwa)
+    own_storage = {}
+
+    def watch(i: int):
+        def hook(module, inputs, output):  # the gradient of X_i reaches block i through its MLP's output
+            output.register_hook(lambda g: own_storage.__setitem__(
+                i, g.untyped_storage().nbytes() == g.numel() * g.element_size()))
+        return hook
+
+    for i, block in enumerate(model.blocks, start=1):
+        block.mlp.register_forward_hook(watch(i))
+    model(torch.randint(0, 64, (BATCH, SEQ))).square().mean().backward()
+    lowest = {lane.slots[grp.start] for lane in dwa.plan.lanes
+              for grp in Plan.groups(len(lane.slots), 4, from_top=True)} - {0}
+    assert sorted(lowest) != list(range(1, depth + 1))  # some groups have several columns
+    assert own_storage == {i: i in lowest for i in range(1, depth + 1)}
+
 
 def test_backpropagating_a_fast_graph_twice_is_refused_with_a_clear_error():
     """After the backward the buffers hold gradients, so a second one (retain_graph) would be wrong."""
