@@ -142,8 +142,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, data_d
     args = [*[a for a in TINY if not a.startswith(("steps=", "trainer.val_check_interval="))],
             "steps=1500", "trainer.val_check_interval=1000"]
     cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}"]
+    # Ctrl-C as a terminal sends it, even when the tests run where SIGINT is ignored (a background
+    # job or nohup: the ignored disposition is inherited, and Python then installs no handler for it)
     job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list(tmp_path.rglob("events.out.tfevents.*")) and time.time() < deadline and job.poll() is None:
         time.sleep(0.01)
