@@ -27,12 +27,9 @@ import dwa_bench as bench
 
 from denselab.models import DWA, Residual
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def load_old_dwa(commit: str):
     """The dwa module as it was at `commit`, imported under the name `dwa_at_<commit>`."""
-    source = subprocess.run(["git", "show", f"{commit}:src/denselab/models/dwa.py"], cwd=ROOT,
+    source = subprocess.run(["git", "show", f"{commit}:src/denselab/models/dwa.py"], cwd=bench.ROOT,
                             capture_output=True, text=True, check=True).stdout
     path = Path(tempfile.mkdtemp()) / "dwa_old.py"
     path.write_text(source)
@@ -55,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
     old = load_old_dwa(args.old)
     bench.steady_allocator()
-    tokens = (4, 256) if args.width < 512 else (1, 256)  # the batches of dwa_bench.py
+    tokens = bench.trunk_tokens(args.width)
     model = bench.build_trunk(args.depth, args.width, tokens[1], "cpu", torch.float32)
     x0 = torch.randn(*tokens, args.width, requires_grad=True)
     grad = torch.randn_like(x0)

@@ -97,6 +97,11 @@ def build_mixer(variant: str, depth: int, pattern: str | None) -> torch.nn.Modul
     return {"naive": NaiveDWA, "paper_a2": PaperA2DWA, "ours": DWA}[variant](depth, k, p)
 
 
+def trunk_tokens(width: int, quick: bool = False) -> tuple[int, int]:
+    """(batch, seq) of the trunk at a width: 4 x 256 at the small width, 1 x 256 at the paper's."""
+    return (1, 32) if quick else (4, 256) if width < 512 else (1, 256)
+
+
 def build_trunk(depth: int, width: int, seq: int, device: str, dtype: torch.dtype) -> GPT:
     torch.manual_seed(0)
     return GPT(64, depth, width, width // 64, seq, mixer=Residual(depth)).to(device=device, dtype=dtype)
@@ -546,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     if "dwa" in args.sections:
         rows = []
         for width in args.widths:
-            tokens = (1, 32) if args.quick else (4, 256) if width < 512 else (1, 256)
+            tokens = trunk_tokens(width, args.quick)
             reps = args.reps or (2 if args.quick else 7 if width < 512 else 3)
             bandwidth = copy_bandwidth(tokens[0] * tokens[1] * width, args.device, DTYPES[args.dtype])
             print(f"-- width {width}, batch {tokens[0]} x {tokens[1]} tokens, {reps} interleaved repetitions, "
@@ -562,7 +567,7 @@ def main(argv: list[str] | None = None) -> None:
         print("-- peak extra memory of two training steps (fresh process per variant) --", flush=True)
         rows = []
         for width in args.widths:
-            tokens = (1, 32) if args.quick else (4, 256) if width < 512 else (1, 256)
+            tokens = trunk_tokens(width, args.quick)
             depth = max(args.depths)
             for variant, pattern in [("transformer", None), ("keep_outputs", None),
                                      *((v, p) for p in args.patterns if parse_pattern(p)[1] <= depth

@@ -4,7 +4,6 @@ row per variant with ratios to the Transformer."""
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 
@@ -75,9 +74,7 @@ def test_paired_ratios_are_the_quartiles_and_median_of_the_per_repetition_ratios
     base = [1.0, 2.0, 1.0, 2.0, 1.0]
     times = [1.0, 2.2, 1.2, 2.6, 1.4]
     q1, median, q3 = paired_ratios(times, base)
-    assert (q1, median, q3) == pytest.approx((1.1, 1.2, 1.3))
-    # the ratio of the medians drifts with the base's slow repetitions; the per-repetition one does not
-    assert statistics.median(times) / statistics.median(base) == pytest.approx(1.4)
+    assert (q1, median, q3) == pytest.approx((1.1, 1.2, 1.3))  # the ratio of the medians would be 1.4
 
 
 def test_a_goal_between_the_quartiles_is_reported_as_inside_the_noise():

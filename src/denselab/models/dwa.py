@@ -649,8 +649,8 @@ class _Run:
                 q, in_place = (q.addmm_(a, G) if in_place else torch.addmm(q, a, G)), True
         if through is not None:
             q, in_place = (q.add_(through.reshape(1, -1)) if in_place else q + through.reshape(1, -1)), True
-        if not in_place:
-            q = q.clone()
+        # Every column below `top` gets an addition: its own DWA's row (t_s < t_top), or ∂L/∂Y_s.
+        assert in_place, "a group's lowest column received no addition"
         if s == grp.start:  # the group's last column: Q lives on only as the blocks' gradients
             self.grad_partial[n] = None
         return q.view(self.shape)
