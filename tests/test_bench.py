@@ -119,3 +119,12 @@ def test_ab_script_times_an_earlier_commits_dwa_against_the_working_trees():
             ratios[name] = float(figures.split()[0].lstrip("x"))
     assert set(ratios) == {"old", "new", "new / old"}
     assert all(r > 0 for r in ratios.values())
+
+
+def test_memory_by_block_script_reports_the_lane_buffers_and_every_block():
+    cmd = [sys.executable, "benchmarks/dwa_memory_by_block.py", "--width", "64", "--depth", "4", "--blocks", "2"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
+    kept = next(line for line in out.splitlines() if line.startswith("kept between steps"))
+    assert float(kept.split(":")[1]) == 5.0  # 1x1 at depth 4: X_0..X_4, one output each
+    blocks = [int(line.split("block")[1].split(":")[0]) for line in out.splitlines() if "backward of block" in line]
+    assert blocks == [4, 3, 2, 1]

@@ -15,15 +15,24 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
+def allocation_timeline(fn: Callable[[], object]) -> tuple[list[tuple[int, int]], list]:
+    """Profile `fn()`: [(time_ns, bytes of tensors it had allocated and not yet freed)] after each
+    allocation or free, in time order (tensors alive before the call are not counted), and the
+    profiler's other events (operators, autograd nodes), to place those moments."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = list(prof.profiler.kineto_results.events())
+    # [memory] events: +nbytes at an allocation, -nbytes at a free.
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    timeline, live = [], 0
+    for t, nbytes in changes:
+        live += nbytes
+        timeline.append((t, live))
+    return timeline, [e for e in events if e.name() != "[memory]"]
+
+
 def peak_allocated_bytes(fn: Callable[[], object]) -> int:
     """The largest total size of tensors that `fn()` had allocated and not yet freed, at any moment
     of the call (bytes; tensors alive before the call are not counted)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # [memory] events: +nbytes at an allocation, -nbytes at a free, in time order.
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
+    timeline, _ = allocation_timeline(fn)
+    return max([0, *(live for _, live in timeline)])
