@@ -370,14 +370,21 @@ class FastSchemeTraced(DWA):
         return self.fast_forward(x0, blocks, rotary)
 
 
-def bench_compile(args, width: int, depth: int, tokens: tuple[int, int], reps: int) -> list[dict]:
-    """Whole-model torch.compile of the Transformer and 1x1 / 4x5 DenseFormers (ours): compile time
-    (first compiled step minus an eager step), graphs and graph breaks, compiled train-step ratios;
-    and a 1x1 DenseFormer whose fast scheme is traced by torch.compile instead of the readable loop
-    (`FastSchemeTraced`), with the reasons Dynamo gives for its breaks and the error, if any."""
+# Without a reset between the models (see below), Dynamo would see the α of one pattern after those
+# of another under the same names and mark their sizes dynamic; a user compiles one model per process.
+@torch._dynamo.config.patch(automatic_dynamic_shapes=False)
+def bench_compile(args, width: int, depth: int, tokens: tuple[int, int], reps: int,
+                  patterns: list[str]) -> list[dict]:
+    """Whole-model torch.compile of the Transformer and DenseFormers (ours) of `patterns`: compile
+    time (first compiled step minus an eager step), graphs and graph breaks, and then the eager and
+    compiled train steps of all of them in one loop of interleaved repetitions, as in the dwa
+    section: ratios to the eager / compiled Transformer, with the per-repetition median and
+    quartiles. And a 1x1 DenseFormer whose fast scheme is traced by torch.compile instead of the
+    readable loop (`FastSchemeTraced`), with the reasons Dynamo gives for its breaks and the error,
+    if any (compile time and graphs only)."""
     dtype = DTYPES[args.dtype]
     rows, steps = [], {}
-    for name, pattern in [("transformer", None), ("denseformer", "1x1"), ("denseformer", "4x5"),
+    for name, pattern in [("transformer", None), *(("denseformer", p) for p in patterns),
                           ("denseformer fast-scheme-traced", "1x1")]:
         torch.manual_seed(0)
         if name.endswith("traced"):
@@ -387,48 +394,63 @@ def bench_compile(args, width: int, depth: int, tokens: tuple[int, int], reps: i
         model = GPT(512, depth, width, width // 64, tokens[1], mixer=mixer).to(device=args.device, dtype=dtype)
         idx = torch.randint(0, 512, tokens, device=args.device)
 
-        def step(model=model, idx=idx):
-            model(idx).float().square().mean().backward()
+        def step(model=model, idx=idx, compiled=True):
+            # `forward` called directly runs eagerly; the module's call runs the compiled code.
+            (model(idx) if compiled else model.forward(idx)).float().square().mean().backward()
             for p in model.parameters():
                 p.grad = None
 
-        eager = time_interleaved({"eager": step}, reps, 1, args.device)["eager"]
-        torch._dynamo.reset()
+        eager = time_interleaved({"eager": lambda step=step: step(compiled=False)}, 2, 1, args.device)["eager"]
         counters = torch._dynamo.utils.counters
-        counters.clear()
+        graphs, breaks = counters["stats"]["unique_graphs"], dict(counters["graph_break"])
         model.compile()
         key = f"{name} {pattern or ''}".strip()
         row = {"width": width, "depth": depth, "batch": tokens[0], "seq": tokens[1], "model": key,
-               "compile_cache": "cold", "eager_ms": 1e3 * eager}
+               "compile_cache": "cold"}
         # A cold compile, as a user's first run pays it: an empty Inductor cache per model (with the
         # default on-disk cache, a second run of this benchmark compiled in 1-3 s instead of 20-30 s).
+        # No `torch._dynamo.reset()` between the models, which would drop the compiled code of the
+        # ones before: each model is a new module, so Dynamo traces it anew (its graphs and breaks
+        # are the counters' growth).
         with cold_compile_cache():
             try:
                 sync(args.device)
                 start = time.perf_counter()
                 step()
                 sync(args.device)
-                first = time.perf_counter() - start
+                row["compile_s"] = time.perf_counter() - start - eager
             except RuntimeError as error:  # the traced fast scheme: autograd's in-place check fails
                 row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-        row.update(graphs=counters["stats"]["unique_graphs"], graph_breaks=sum(counters["graph_break"].values()),
-                   break_reasons=" | ".join(sorted({reason.splitlines()[0] for reason in counters["graph_break"]})))
-        if "error" not in row:
-            compiled = time_interleaved({"compiled": step}, reps, 1, args.device)["compiled"]
-            steps[key] = (eager, compiled)
-            row.update(compile_s=first - eager, compiled_ms=1e3 * compiled, compiled_speedup=eager / compiled)
+        new_breaks = {reason: n - breaks.get(reason, 0) for reason, n in counters["graph_break"].items()
+                      if n > breaks.get(reason, 0)}
+        row.update(graphs=counters["stats"]["unique_graphs"] - graphs, graph_breaks=sum(new_breaks.values()),
+                   break_reasons=" | ".join(sorted({reason.splitlines()[0] for reason in new_breaks})))
+        if "error" not in row and not name.endswith("traced"):
+            steps[key] = step
         rows.append(row)
-    base_eager, base_compiled = steps["transformer"]
+    calls = {}
+    for key, step in steps.items():
+        calls[(key, "eager")] = lambda step=step: step(compiled=False)
+        calls[(key, "compiled")] = step
+    times = time_paired(calls, reps, 1, args.device)
     for row in rows:
-        row["eager_ratio"] = row["eager_ms"] / (1e3 * base_eager)
         text = (f"  compile d={depth} w={width} {row['model']:<32} {row['graphs']:3d} graphs, "
-                f"{row['graph_breaks']:3d} breaks   eager {row['eager_ms']:8.2f} ms (x{row['eager_ratio']:.3f})   ")
+                f"{row['graph_breaks']:3d} breaks   ")
         if "error" in row:
             text += f"compiled: FAILED ({row['error']})\n    breaks: {row['break_reasons']}"
+        elif row["model"] not in steps:
+            text += f"compile {row['compile_s']:6.1f} s (cold)"
         else:
-            row["compiled_ratio"] = row["compiled_ms"] / (1e3 * base_compiled)
-            text += (f"compile {row['compile_s']:6.1f} s (cold)   "
-                     f"compiled {row['compiled_ms']:8.2f} ms (x{row['compiled_ratio']:.3f})")
+            for mode in ("eager", "compiled"):
+                mine, base = times[(row["model"], mode)], times[("transformer", mode)]
+                q1, ratio, q3 = paired_ratios(mine, base)
+                row.update({f"{mode}_ms": 1e3 * statistics.median(mine), f"{mode}_ratio": ratio,
+                            f"{mode}_ratio_q1": q1, f"{mode}_ratio_q3": q3})
+            row["compiled_speedup"] = row["eager_ms"] / row["compiled_ms"]
+            text += (f"compile {row['compile_s']:6.1f} s (cold)   eager {row['eager_ms']:8.2f} ms "
+                     f"(x{row['eager_ratio']:.3f} [{row['eager_ratio_q1']:.3f}, {row['eager_ratio_q3']:.3f}])   "
+                     f"compiled {row['compiled_ms']:8.2f} ms (x{row['compiled_ratio']:.3f} "
+                     f"[{row['compiled_ratio_q1']:.3f}, {row['compiled_ratio_q3']:.3f}])")
         print(text, flush=True)
     torch._dynamo.reset()
     return rows
@@ -514,11 +536,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[256, 768], help="small and paper width")
     parser.add_argument("--patterns", nargs="+", default=PATTERNS)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7 small, 3 paper width)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="timed repetitions (default 7 small, 3 paper width; compile section 5)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--sections", nargs="+", default=["dwa", "memory", "groups", "compile", "decode"],
                         choices=["dwa", "memory", "groups", "compile", "decode"])
     parser.add_argument("--compile-depth", type=int, default=12, help="depth of the compile section (width 256)")
+    parser.add_argument("--compile-patterns", nargs="+", default=["1x1", "4x5"],
+                        help="DenseFormers of the compile section (besides the traced fast scheme)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the CSVs (default experiments/bench/…)")
     parser.add_argument("--malloc", default="steady", choices=["steady", "default"],
@@ -599,7 +624,9 @@ def main(argv: list[str] | None = None) -> None:
     if "compile" in args.sections:
         print("-- whole-model torch.compile (train steps: forward + backward) --", flush=True)
         width, depth, tokens = (64, 6, (1, 32)) if args.quick else (256, args.compile_depth, (4, 256))
-        write_csv(bench_compile(args, width, depth, tokens, 2 if args.quick else 5), out / "compile.csv")
+        reps = 2 if args.quick else args.reps or 5
+        write_csv(bench_compile(args, width, depth, tokens, reps, args.compile_patterns),
+                  out / "compile.csv")
     if "decode" in args.sections:
         print("-- KV-cached decoding, batch 1, prefill excluded --", flush=True)
         if args.quick:
