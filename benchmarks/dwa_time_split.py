@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dwa_bench as bench  # noqa: E402
 
+from denselab.io import git_info  # noqa: E402
 from denselab.models import DWA, Residual  # noqa: E402
 from denselab.models import dwa as dwa_module  # noqa: E402
 from denselab.models.dwa import group_size  # noqa: E402
@@ -89,9 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     grad = torch.randn_like(x0)
     bandwidth = bench.copy_bandwidth(x0.numel(), "cpu", torch.float32)
     transfer_ms = 1e3 * x0.numel() * x0.element_size() / bandwidth  # one (B, T, C) tensor read or written
+    git = git_info(bench.ROOT)
+    commit = (git["commit"] or "?")[:7] + (" (uncommitted changes)" if git["dirty"] else "")
     print(f"== train step, depth {args.depth}, width {args.width}, batch {tokens[0]} x {tokens[1]}, "
           f"{args.reps} interleaved repetitions, copy bandwidth {bandwidth / 1e9:.1f} GB/s "
-          f"({transfer_ms:.3f} ms per tensor transfer), torch {torch.__version__} ==", flush=True)
+          f"({transfer_ms:.3f} ms per tensor transfer), torch {torch.__version__}, commit {commit} ==", flush=True)
     for pattern in args.patterns:
         k, p = bench.parse_pattern(pattern)
         ours = DWA(args.depth, k, p, implementation="fast")

@@ -128,3 +128,39 @@ def test_memory_by_block_script_reports_the_lane_buffers_and_every_block():
     assert float(kept.split(":")[1]) == 5.0  # 1x1 at depth 4: X_0..X_4, one output each
     blocks = [int(line.split("block")[1].split(":")[0]) for line in out.splitlines() if "backward of block" in line]
     assert blocks == [4, 3, 2, 1]
+
+
+def test_time_split_timer_sees_the_dwa_sums_of_a_training_step_and_puts_the_methods_back():
+    from dwa_time_split import SumTimer
+
+    from denselab.models import dwa as dwa_module
+
+    originals = {name: getattr(dwa_module._Run, name) for name in ("average", "store_grad", "grad_output")}
+    mixer = DWA(6, 1, 1, implementation="fast")
+    model = GPT(64, 6, 16, 2, 8, mixer=mixer)
+    x0 = torch.randn(2, 8, 16, requires_grad=True)
+    with SumTimer() as timer:
+        mixer(x0, model.blocks, model.rotary).square().mean().backward()
+        taken = timer.take()
+        assert timer.take()["backward"] == 0.0  # `take` starts over
+    assert all(taken[name] > 0 for name in originals)
+    assert taken["forward"] == taken["average"]
+    assert taken["backward"] == taken["store_grad"] + taken["grad_output"] + taken["alpha_grads"]
+    assert all(getattr(dwa_module._Run, name) is original for name, original in originals.items())
+
+
+def test_time_split_script_sets_the_dwa_sums_against_the_schemes_traffic_and_the_goals_budget():
+    from denselab.models.dwa import group_size
+
+    cmd = [sys.executable, "benchmarks/dwa_time_split.py", "--width", "64", "--depth", "6", "--reps", "2",
+           "--patterns", "1x1"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True).stdout
+    lines = {line.strip().split(" ")[0] + " " + line.strip().split(" ")[2]: line for line in out.splitlines()
+             if "DWA sums" in line}
+    plan = DWA(6, 1, 1).plan
+    g = group_size(plan, 4 * 256 * 64, train=True)  # the trunk's batch at width 64: 4 x 256 tokens
+    forward = int(lines["DWA forward"].split("bound")[1].split()[0])
+    backward = int(lines["DWA backward"].split("bound")[1].split()[0])
+    assert (forward, forward + backward) == (plan.traffic(g), plan.traffic(g, train=True))
+    assert "store_grad" in lines["DWA backward"] and "grad_output" in lines["DWA backward"]
+    assert "goal x1.06: a budget of" in out and "rest (autograd nodes" in out
