@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/dwa_ab.py --old ef13d3b --width 256 --reps 31 --patterns 1x1 4x1
 
 Loads `src/denselab/models/dwa.py` as it was at `--old` (`git show`) beside the current one, and
-times the Transformer trunk, the old and the new DWA (both `implementation="fast"`) in one process
+times the Transformer trunk, the old and the new DWA (both `implementation="fast"`, or
+`--implementation`) in one process
 with interleaved repetitions, as `dwa_bench.py` does. Prints each one's median ratio to the
 Transformer and new / old (ratio of the medians), with the median and quartiles [q1, q3] of the
 per-repetition ratios: a change whose ratio lies inside them is inside this host's noise. Asserts
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, default=48)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--patterns", nargs="+", default=["1x1", "4x1"])
+    parser.add_argument("--implementation", default="fast", choices=["auto", "fast", "reference"],
+                        help="the DWA implementation both sides run")
     args = parser.parse_args(argv)
 
     old = load_old_dwa(args.old)
@@ -57,11 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     x0 = torch.randn(*tokens, args.width, requires_grad=True)
     grad = torch.randn_like(x0)
     print(f"== train step, depth {args.depth}, width {args.width}, batch {tokens[0]} x {tokens[1]}, "
-          f"{args.reps} repetitions; old = dwa.py at {args.old}, new = working tree ==", flush=True)
+          f"{args.reps} repetitions, implementation={args.implementation!r}; old = dwa.py at {args.old}, "
+          f"new = working tree ==", flush=True)
     for pattern in args.patterns:
         k, p = bench.parse_pattern(pattern)
-        mixers = {"transformer": Residual(args.depth), "old": old.DWA(args.depth, k, p, implementation="fast"),
-                  "new": DWA(args.depth, k, p, implementation="fast")}
+        mixers = {"transformer": Residual(args.depth),
+                  "old": old.DWA(args.depth, k, p, implementation=args.implementation),
+                  "new": DWA(args.depth, k, p, implementation=args.implementation)}
         calls = {name: (lambda m=m: bench.run_once(model, m, x0, grad, True)) for name, m in mixers.items()}
         times = bench.time_paired(calls, args.reps, 2, "cpu",
                                   between=lambda mixers=mixers: bench.clear_grads(model, mixers.values(), x0))
