@@ -88,29 +88,3 @@ def test_alpha_starts_as_identity():
 def test_only_outputs_some_dwa_reads_are_kept():
     dwa = DWA(12, dilation=4, period=5)  # DWAs after blocks 5 and 10: sources {1, 5} and {2, 6, 10}
     assert {j for j in range(13) if dwa.is_needed(j)} == {1, 5, 2, 6, 10}
-
-
-@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
-def test_the_reference_sums_written_out_backward_equals_autograds_through_the_plain_loop(dtype, tolerance):
-    from denselab.models.dwa import _WeightedSum, weighted_sum
-
-    torch.manual_seed(0)
-    alpha = torch.randn(5, dtype=dtype, requires_grad=True)
-    xs = [torch.randn(2, 8, 16, dtype=dtype, requires_grad=True) for _ in range(5)]
-    grad_y = torch.randn(2, 8, 16, dtype=dtype)
-    results = []
-    for fn in (_WeightedSum.apply, lambda a, *x: weighted_sum(a, list(x))):
-        y = fn(alpha, *xs)
-        results.append((y, *torch.autograd.grad(y, [alpha, *xs], grad_y)))
-    for ours, autograds in zip(*results):
-        torch.testing.assert_close(ours, autograds, rtol=tolerance, atol=tolerance)
-
-
-def test_a_training_step_of_the_reference_makes_one_backward_node_per_dwa():
-    dwa = DWA(depth=4, implementation="reference")
-    x = [torch.randn(2, 3, 4, requires_grad=True) for _ in range(5)]  # X_0 .. X_4
-    y = dwa.average(x, 4)
-    inputs = [fn for fn, _ in y.grad_fn.next_functions]
-    # α_4 and X_0..X_4 feed the DWA's one node directly (no per-source addcmul or indexing nodes)
-    assert [type(fn).__name__ for fn in inputs] == ["AccumulateGrad"] * 6
-    assert inputs[0].variable is dwa.alpha(4) and [fn.variable for fn in inputs[1:]] == x

@@ -26,8 +26,7 @@ DWA-step index, i.e.  S_i = {j ≤ i | j ≡ i (mod k·p)}  for p | i. At p = 1 
 Two implementations of the same formula (`implementation=`; "auto", the default, picks by pattern):
 
 * "reference" — the readable one: one fused multiply-add (`torch.addcmul`) per source over
-  references to the stored block outputs (`weighted_sum`); in training one autograd node per DWA
-  whose backward is written out (`_WeightedSum`: ∂L/∂X_j = α_{i,j} G_i, ∂L/∂α_{i,j} = <G_i, X_j>).
+  references to the stored block outputs. Autograd then does the backward, one node per source.
 * "fast" — the same sums as matrix products over contiguous buffers, with a hand-written backward;
   see "The fast scheme" below. It serves every pattern whose DWAs read *prefixes of lanes* (kxp in
   both semantics, connect_to_last); other patterns (last_k) run the reference. "auto" runs it where
@@ -35,9 +34,8 @@ Two implementations of the same formula (`implementation=`; "auto", the default,
   autograd and on small tensors (token-by-token decoding) it runs `_lean_forward`, the same sums with
   the least Python per step.
 
-Under `torch.compile` the reference's plain loop runs whatever `implementation` says: it traces into
-one graph, autograd's own backward included, and Inductor fuses the sums itself (benchmarks/README.md,
-"compile").
+Under `torch.compile` the reference runs whatever `implementation` says: it traces into one graph
+and Inductor fuses the sums itself (benchmarks/README.md, "compile").
 
 Both are exact (tests/test_dwa.py, tests/test_dwa_fast.py compare them with the formula written out
 naively, values and gradients) and both keep, for the backward, nothing but the block outputs some
@@ -153,7 +151,7 @@ class DWA(nn.Module):
         return fast_forward(self.plan, alphas, x0, blocks, rotary, self.group, self.workspace)
 
     def reference_forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
-        """The readable implementation: Y_i by `average` over references to the kept outputs."""
+        """The readable implementation: Y_i by `average`, autograd for the backward."""
         outputs: list[torch.Tensor | None] = [x0 if 0 in self._needed else None]  # X_0, X_1, ...
         y = x0  # Y_0
         for i, block in enumerate(blocks, start=1):
@@ -164,10 +162,11 @@ class DWA(nn.Module):
 
     def average(self, outputs: list[torch.Tensor | None], i: int) -> torch.Tensor:
         """DWA_i: Σ_{j ∈ S_i} α_{i,j} X_j, from outputs[j] = X_j (B, T, C)."""
-        alpha, xs = self.alpha(i), [outputs[j] for j in self.sources(i)]
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return _WeightedSum.apply(alpha, *xs)  # the same sum, with one backward node per DWA
-        return weighted_sum(alpha, xs)
+        alpha, src = self.alpha(i), self.sources(i)
+        y = alpha[0] * outputs[src[0]]
+        for n in range(1, len(src)):
+            y = torch.addcmul(y, alpha[n], outputs[src[n]])  # y + α_{i,j} · X_j, one fused kernel
+        return y
 
     def free_workspace(self) -> None:
         """Drop the buffers the fast scheme keeps between forward passes."""
@@ -189,48 +188,6 @@ class DWA(nn.Module):
         impl = "fast" if self.uses_fast_path else "reference"
         return (f"depth={self.depth}, dilation={self.dilation}, period={self.period}, {self.semantics}, "
                 f"alphas={n}, {impl}")
-
-
-def weighted_sum(alpha: torch.Tensor, xs: list[torch.Tensor]) -> torch.Tensor:
-    """Σ_n α_n · X_n for α (n,) and n tensors X_n (B, T, C): one fused multiply-add per source."""
-    y = alpha[0] * xs[0]
-    for n in range(1, len(xs)):
-        y = torch.addcmul(y, alpha[n], xs[n])  # y + α_n · X_n, one fused kernel
-    return y
-
-
-class _WeightedSum(torch.autograd.Function):
-    """`weighted_sum` with its backward written out, one autograd node per DWA:
-
-        ∂L/∂X_n = α_n · G,    ∂L/∂α_n = <G, X_n>      (G = ∂L/∂Y)
-
-    Why: autograd's own backward of the addcmul chain runs three nodes per source (the addcmul, the
-    indexing α[n], the α gradient's accumulation) and materialises G ⊙ X_n before summing it to
-    ∂L/∂α_n, one tensor written and read again per source; here a dot product reads G and X_n once.
-    Measured on a training step, depth 48, width 256, 4x5 (benchmarks/README.md, "reference's
-    backward"). Under torch.compile the plain loop runs (Inductor fuses it), and so without autograd.
-    """
-
-    @staticmethod
-    def forward(ctx, alpha: torch.Tensor, *xs: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(alpha, *xs)  # the X_n are kept anyway: they are the blocks' outputs
-        with torch.no_grad():
-            return weighted_sum(alpha, list(xs))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: torch.Tensor):
-        alpha, *xs = ctx.saved_tensors
-        grad_alpha = None
-        if ctx.needs_input_grad[0]:
-            g = grad_y.reshape(-1)
-            if g.dtype in (torch.float16, torch.bfloat16):  # accumulate in fp32, as autograd's sum does
-                dots = [(grad_y * x).sum(dtype=torch.float32) for x in xs]
-            else:
-                dots = [torch.dot(g, x.reshape(-1)) for x in xs]
-            grad_alpha = torch.stack(dots).to(alpha.dtype)
-        grad_xs = [grad_y * alpha[n] if needed else None for n, needed in enumerate(ctx.needs_input_grad[1:])]
-        return grad_alpha, *grad_xs
 
 
 def num_dwa_parameters(depth: int, dilation: int = 1, period: int = 1) -> int:
