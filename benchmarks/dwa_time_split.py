@@ -15,9 +15,17 @@ products of ∂L/∂X_j) and `_Run.alpha_grads` (gathering the α gradients). Pe
 where "rest" is everything else ours adds: the autograd nodes around the sums (`_Step`, `_Begin`),
 Python, and the blocks running beside the DWA's memory traffic. `_Run.store` (the block's last
 addition written into its lane row) is not in the DWA sums: the Transformer makes the same
-addition. The DWA sums are set against the traffic bound of the scheme (`Plan.traffic` transfers
-at the copy bandwidth measured at the start) and the added time against the goal's budget,
-(goal - 1) x the Transformer's step. Prints medians over the repetitions; asserts nothing about time.
+addition. A third model in the same loop, ours with every sum replaced by a no-op (`NoopSums`:
+Y_i = X_i, ∂L/∂X_i = ∂L/∂Y_i, zero gradients for α), splits the rest in two:
+
+    rest = nodes (what ours with no-op sums adds: autograd nodes, Python, the lane rows)
+         + side effects of the sums (the blocks running slower beside their traffic, allocations)
+
+The DWA sums are set against the traffic bound of the scheme (`Plan.traffic` transfers at the copy
+bandwidth measured at the start) and the added time against the goal's budget, (goal - 1) x the
+Transformer's step: the floor of the scheme is its bound plus the nodes. Prints medians over the
+repetitions; asserts nothing about time. The no-op model computes the wrong function (on purpose:
+it is the timing of everything but the sums), and only inside this script.
 """
 
 from __future__ import annotations
@@ -75,6 +83,38 @@ class SumTimer:
                 "backward": sum(taken[n] for n in BACKWARD_SUMS)}
 
 
+class NoopSums:
+    """While installed (`with`), the fast scheme runs with its sums as no-ops: Y_i = X_i (its lane
+    row), so ∂L/∂X_i = ∂L/∂Y_i (passed on as it arrives), no α products, zero α gradients: the
+    Transformer's function and gradients. Everything else of ours runs: lane rows, autograd nodes,
+    Python."""
+
+    def __init__(self):
+        self._originals = {}
+
+    def __enter__(self):
+        def average(run, i: int) -> torch.Tensor:
+            lane, s = run.plan.slot_of[i]
+            return run.buffers[lane][s].view(run.shape)
+
+        def store_grad(run, i: int, grad: torch.Tensor) -> None:
+            run.noop_grad = grad  # ∂L/∂Y_i, which `grad_output(i)` passes on next
+
+        def grad_output(run, j: int, through: torch.Tensor | None) -> torch.Tensor:
+            return through if through is not None else run.noop_grad
+
+        noops = {"average": average, "store_grad": store_grad, "grad_output": grad_output,
+                 "alpha_grads": lambda run, like: [like.new_zeros(n) for n in run.plan.alpha_sizes]}
+        for name, noop in noops.items():
+            self._originals[name] = getattr(dwa_module._Run, name)
+            setattr(dwa_module._Run, name, noop)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self._originals.items():
+            setattr(dwa_module._Run, name, original)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=256, help="a multiple of 64 (heads of 64)")
@@ -98,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     for pattern in args.patterns:
         k, p = bench.parse_pattern(pattern)
         ours = DWA(args.depth, k, p, implementation="fast")
-        mixers = {"transformer": Residual(args.depth), "ours": ours}
+        mixers = {"transformer": Residual(args.depth), "ours": ours,
+                  "no-op sums": DWA(args.depth, k, p, implementation="fast")}
         g = group_size(ours.plan, x0.numel(), train=True)
         forward_transfers = ours.plan.traffic(g)
         backward_transfers = ours.plan.traffic(g, train=True) - forward_transfers
@@ -106,16 +147,20 @@ def main(argv: list[str] | None = None) -> None:
         sums: list[dict[str, float]] = []
 
         def step(name: str, mixer) -> None:
-            bench.run_once(model, mixer, x0, grad, True)
+            if name == "no-op sums":
+                with NoopSums():
+                    bench.run_once(model, mixer, x0, grad, True)
+                return
+            with timer:
+                bench.run_once(model, mixer, x0, grad, True)
             if name == "ours":
                 sums.append(timer.take())
 
         calls = {name: (lambda name=name, m=m: step(name, m)) for name, m in mixers.items()}
-        with timer:
-            times = bench.time_paired(calls, args.reps, 2, "cpu",
-                                      between=lambda: bench.clear_grads(model, mixers.values(), x0))
+        times = bench.time_paired(calls, args.reps, 2, "cpu",
+                                  between=lambda: bench.clear_grads(model, mixers.values(), x0))
         sums = sums[-args.reps:]  # the timed repetitions (the warm-up ones came first)
-        base, mine = times["transformer"], times["ours"]
+        base, mine, noop = times["transformer"], times["ours"], times["no-op sums"]
 
         def ms(values) -> float:
             return 1e3 * statistics.median(values)
@@ -123,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         added = [o - t for o, t in zip(mine, base)]
         forward, backward = [s["forward"] for s in sums], [s["backward"] for s in sums]
         rest = [a - f - b for a, f, b in zip(added, forward, backward)]
+        nodes = [n - t for n, t in zip(noop, base)]
         q1, ratio, q3 = bench.paired_ratios(mine, base)
         print(f"  {pattern} (g = {g}): Transformer {ms(base):7.1f} ms, ours {ms(mine):7.1f} ms, "
               f"per rep. x{ratio:.3f} [{q1:.3f}, {q3:.3f}]; ours adds {ms(added):6.1f} ms:")
@@ -131,13 +177,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"      DWA sums, backward  {ms(backward):6.1f} ms   bound {backward_transfers:5d} transfers "
               f"= {backward_transfers * transfer_ms:6.1f} ms   ("
               + ", ".join(f"{name} {ms([s[name] for s in sums]):.1f}" for name in BACKWARD_SUMS) + " ms)")
-        print(f"      rest (autograd nodes, Python, the blocks beside the DWA) {ms(rest):6.1f} ms")
+        print(f"      rest (autograd nodes, Python, the blocks beside the DWA) {ms(rest):6.1f} ms:   nodes "
+              f"{ms(nodes):5.1f} ms (ours with no-op sums, x{bench.paired_ratios(noop, base)[1]:.3f}), side effects "
+              f"of the sums {ms(rest) - ms(nodes):5.1f} ms")
         if pattern in TRAIN_GOALS:
             goal = TRAIN_GOALS[pattern]
             budget = (goal - 1) * ms(base)
             bound = (forward_transfers + backward_transfers) * transfer_ms
             print(f"      goal x{goal:.2f}: a budget of {budget:5.1f} ms; the scheme's traffic bound alone is "
-                  f"{bound:5.1f} ms, with the rest {bound + ms(rest):5.1f} ms", flush=True)
+                  f"{bound:5.1f} ms, with the nodes {bound + ms(nodes):5.1f} ms, with the whole rest "
+                  f"{bound + ms(rest):5.1f} ms", flush=True)
 
 
 if __name__ == "__main__":

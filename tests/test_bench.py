@@ -149,6 +149,37 @@ def test_time_split_timer_sees_the_dwa_sums_of_a_training_step_and_puts_the_meth
     assert all(getattr(dwa_module._Run, name) is original for name, original in originals.items())
 
 
+def test_time_split_noop_sums_leave_the_transformer_and_put_the_methods_back():
+    """With the sums as no-ops ours computes the Transformer's function (Y_i = X_i) and gradients
+    whatever its α, and gets zero α gradients: the timing of everything of ours but the sums."""
+    from dwa_time_split import NoopSums
+
+    from denselab.models import Residual
+    from denselab.models import dwa as dwa_module
+
+    torch.manual_seed(0)
+    originals = {name: getattr(dwa_module._Run, name) for name in ("average", "store_grad", "grad_output", "alpha_grads")}
+    mixer = DWA(6, 1, 1, implementation="fast")
+    model = GPT(64, 6, 16, 2, 8, mixer=mixer)
+    with torch.no_grad():
+        for alpha in mixer.alphas:
+            alpha.uniform_(0.5, 1.5)  # far from the identity: a real DWA changes the output
+    x0 = torch.randn(2, 8, 16)
+    x_transformer = x0.clone().requires_grad_()
+    transformer = Residual(6)(x_transformer, model.blocks, model.rotary)
+    transformer.square().mean().backward()
+    transformer = transformer.detach()
+    with NoopSums():
+        x = x0.clone().requires_grad_()
+        y = mixer(x, model.blocks, model.rotary)
+        y.square().mean().backward()
+    torch.testing.assert_close(y, transformer)
+    assert all(torch.equal(alpha.grad, torch.zeros_like(alpha)) for alpha in mixer.alphas)
+    torch.testing.assert_close(x.grad, x_transformer.grad)
+    assert all(getattr(dwa_module._Run, name) is original for name, original in originals.items())
+    assert not torch.allclose(mixer(x0, model.blocks, model.rotary), transformer)  # the real sums are back
+
+
 def test_time_split_script_sets_the_dwa_sums_against_the_schemes_traffic_and_the_goals_budget():
     from denselab.models.dwa import group_size
 
@@ -164,3 +195,4 @@ def test_time_split_script_sets_the_dwa_sums_against_the_schemes_traffic_and_the
     assert (forward, forward + backward) == (plan.traffic(g), plan.traffic(g, train=True))
     assert "store_grad" in lines["DWA backward"] and "grad_output" in lines["DWA backward"]
     assert "goal x1.06: a budget of" in out and "rest (autograd nodes" in out
+    assert "nodes" in out.split("rest (autograd nodes")[1] and "ours with no-op sums" in out
