@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"      DWA sums, backward  {ms(backward):6.1f} ms   bound {backward_transfers:5d} transfers "
               f"= {backward_transfers * transfer_ms:6.1f} ms   ("
               + ", ".join(f"{name} {ms([s[name] for s in sums]):.1f}" for name in BACKWARD_SUMS) + " ms)")
+        n1, nr, n3 = bench.paired_ratios(noop, base)
         print(f"      rest (autograd nodes, Python, the blocks beside the DWA) {ms(rest):6.1f} ms:   nodes "
-              f"{ms(nodes):5.1f} ms (ours with no-op sums, x{bench.paired_ratios(noop, base)[1]:.3f}), side effects "
+              f"{ms(nodes):5.1f} ms (ours with no-op sums, per rep. x{nr:.3f} [{n1:.3f}, {n3:.3f}]), side effects "
               f"of the sums {ms(rest) - ms(nodes):5.1f} ms")
         if pattern in TRAIN_GOALS:
             goal = TRAIN_GOALS[pattern]
