@@ -24,8 +24,8 @@ Y_i = X_i, ∂L/∂X_i = ∂L/∂Y_i, zero gradients for α), splits the rest in
 The DWA sums are set against the traffic bound of the scheme (`Plan.traffic` transfers at the copy
 bandwidth measured at the start) and the added time against the goal's budget, (goal - 1) x the
 Transformer's step: the floor of the scheme is its bound plus the nodes. Prints medians over the
-repetitions; asserts nothing about time. The no-op model computes the wrong function (on purpose:
-it is the timing of everything but the sums), and only inside this script.
+repetitions; asserts nothing about time. The no-op model computes the Transformer's function, not
+the DenseFormer's (on purpose: it times everything of ours but the sums), and only inside this script.
 """
 
 from __future__ import annotations
