@@ -50,18 +50,33 @@ FORWARD_SUMS, BACKWARD_SUMS = ("average",), ("store_grad", "grad_output", "alpha
 TRAIN_GOALS = {pattern: goal for pattern, mode, goal in bench.GOALS if mode == "train"}  # issue 7, depth 48
 
 
-class SumTimer:
+class _RunMethods:
+    """Replaces methods of `_Run` with those of `replacements()` while installed (`with`), and puts
+    the originals back on leaving."""
+
+    def replacements(self) -> dict:
+        raise NotImplementedError
+
+    def __enter__(self):
+        replacements = self.replacements()  # built from the originals, before any is replaced
+        self._originals = {name: getattr(dwa_module._Run, name) for name in replacements}
+        for name, method in replacements.items():
+            setattr(dwa_module._Run, name, method)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self._originals.items():
+            setattr(dwa_module._Run, name, original)
+
+
+class SumTimer(_RunMethods):
     """Seconds spent in each `_Run` method that does the DWA's sums, while installed (`with`)."""
 
     def __init__(self):
         self.seconds = dict.fromkeys(FORWARD_SUMS + BACKWARD_SUMS, 0.0)
-        self._originals = {}
 
-    def __enter__(self):
-        for name in self.seconds:
-            original = self._originals[name] = getattr(dwa_module._Run, name)
-            setattr(dwa_module._Run, name, self._timed(original, name))
-        return self
+    def replacements(self) -> dict:
+        return {name: self._timed(getattr(dwa_module._Run, name), name) for name in self.seconds}
 
     def _timed(self, method, name: str):
         def timed(run, *args, **kwargs):
@@ -72,10 +87,6 @@ class SumTimer:
                 self.seconds[name] += time.perf_counter() - start
         return timed
 
-    def __exit__(self, *exc):
-        for name, original in self._originals.items():
-            setattr(dwa_module._Run, name, original)
-
     def take(self) -> dict[str, float]:
         """The seconds since the last `take`, by method, and "forward" / "backward" in all."""
         taken, self.seconds = self.seconds, dict.fromkeys(self.seconds, 0.0)
@@ -83,16 +94,13 @@ class SumTimer:
                 "backward": sum(taken[n] for n in BACKWARD_SUMS)}
 
 
-class NoopSums:
+class NoopSums(_RunMethods):
     """While installed (`with`), the fast scheme runs with its sums as no-ops: Y_i = X_i (its lane
     row), so ∂L/∂X_i = ∂L/∂Y_i (passed on as it arrives), no α products, zero α gradients: the
     Transformer's function and gradients. Everything else of ours runs: lane rows, autograd nodes,
     Python."""
 
-    def __init__(self):
-        self._originals = {}
-
-    def __enter__(self):
+    def replacements(self) -> dict:
         def average(run, i: int) -> torch.Tensor:
             lane, s = run.plan.slot_of[i]
             return run.buffers[lane][s].view(run.shape)
@@ -103,16 +111,8 @@ class NoopSums:
         def grad_output(run, j: int, through: torch.Tensor | None) -> torch.Tensor:
             return through if through is not None else run.noop_grad
 
-        noops = {"average": average, "store_grad": store_grad, "grad_output": grad_output,
-                 "alpha_grads": lambda run, like: [like.new_zeros(n) for n in run.plan.alpha_sizes]}
-        for name, noop in noops.items():
-            self._originals[name] = getattr(dwa_module._Run, name)
-            setattr(dwa_module._Run, name, noop)
-        return self
-
-    def __exit__(self, *exc):
-        for name, original in self._originals.items():
-            setattr(dwa_module._Run, name, original)
+        return {"average": average, "store_grad": store_grad, "grad_output": grad_output,
+                "alpha_grads": lambda run, like: [like.new_zeros(n) for n in run.plan.alpha_sizes]}
 
 
 def main(argv: list[str] | None = None) -> None:
