@@ -9,7 +9,9 @@ Arguments are key=value: `ckpt` (required), `prompt` (default a newline), `max_n
 `device` (cpu).
 
 The checkpoint holds the resolved run config (`denselab_config`), from which the model and the
-tokenizer are rebuilt, and the weights under `state_dict` with the prefix `net.`.
+tokenizer are rebuilt, and the weights under `state_dict` with the prefix `net.`. It is read with
+weights_only=True (denselab.checkpoints): a file that would need the full unpickler, which runs any
+code a crafted file names, is refused, as are damaged files, each in one line (exit status 2).
 
 Decoding: the prompt goes through the model once (prefill), then every new token alone. Attention
 reads the keys and values cached by `GPT.kv_caching`; the depth mixing runs on the new token only,
@@ -29,6 +31,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from denselab import checkpoints
+from denselab.checkpoints import CheckpointError
 from denselab.data.tokenizers import get_tokenizer
 from denselab.models import GPT, build_model, padded_vocab_size
 
@@ -60,11 +64,14 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[GPT, Any, dict]:
-    """The model (eval mode), its tokenizer and the run config stored in a checkpoint of run.py."""
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    """The model (eval mode), its tokenizer and the run config stored in a checkpoint of run.py.
+
+    Raises CheckpointError for a file that is damaged, is not a checkpoint of run.py, or holds objects
+    other than tensors and plain containers (never unpickled: weights_only=True)."""
+    checkpoint = checkpoints.load_checkpoint(path, map_location=device)
     config = checkpoint.get("denselab_config")
-    if not config:
-        raise UsageError(f"ckpt={path}: no denselab_config in this checkpoint (not written by run.py?)")
+    if not config or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: no denselab_config / state_dict in this checkpoint (not written by run.py?)")
     tokenizer = get_tokenizer(config["data"]["tokenizer"])
     model_cfg = OmegaConf.create(config["model"])
     model = build_model(model_cfg, padded_vocab_size(tokenizer.vocab_size, model_cfg.vocab_multiple), device)
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         if not Path(args["ckpt"]).is_file():
             raise UsageError(f"ckpt={args['ckpt']}: no such file")
         model, tokenizer, config = load_checkpoint(args["ckpt"], args["device"])
-    except UsageError as e:
+    except (UsageError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     prompt = tokenizer.encode(str(args["prompt"])) or [tokenizer.eot_token]

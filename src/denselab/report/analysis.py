@@ -19,12 +19,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from denselab.checkpoints import CheckpointError, load_checkpoint
 from denselab.models import GPT, build_model
 
 
 def load_trained(run_dir: Path) -> tuple[GPT, DictConfig]:
-    """The trained model of a run (from checkpoints/last.ckpt) and its resolved config."""
-    checkpoint = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    """The trained model of a run (from checkpoints/last.ckpt) and its resolved config.
+
+    The checkpoint is read with weights_only=True: one that would need the full unpickler (which runs
+    any code a crafted file names) or is damaged raises CheckpointError, a missing one FileNotFoundError."""
+    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (has the run finished?)")
+    checkpoint = load_checkpoint(path)
+    if "denselab_config" not in checkpoint or "net.wte.weight" not in checkpoint.get("state_dict", {}):
+        raise CheckpointError(f"{path}: no denselab_config / model weights in this checkpoint (not written by run.py?)")
     cfg = OmegaConf.create(checkpoint["denselab_config"])
     vocab = checkpoint["state_dict"]["net.wte.weight"].shape[0]
     net = build_model(cfg.model, vocab)
