@@ -36,7 +36,7 @@ def test_default_config_is_valid():
     (["width=96", "heads=32"], "width=96: allowed widths with an even head size"),
     (["depth=0"], "depth=0: allowed integers >= 1 (model.net.depth)"),
     (["steps=0"], "steps=0: allowed integers >= 1 (trainer.max_steps)"),
-    (["lr=-0.001"], "lr=-0.001: allowed numbers > 0 (optim.lr)"),
+    (["lr=-0.001"], "lr=-0.001: allowed a finite number > 0 (optim.lr)"),
     (["batch_size=10", "trainer.accumulate_grad_batches=4"], "batch_size=10: allowed multiples of trainer.accumulate_grad_batches=4"),
     (["data.tokenizer=bpe"], "data.tokenizer='bpe': allowed one of byte, gpt2"),
     (["optim.warmup_fraction=1.5"], "optim.warmup_fraction=1.5: allowed 0 <= warmup_fraction < 1"),
@@ -44,13 +44,46 @@ def test_default_config_is_valid():
     (["model.net.max_seq_len=64", "seq_len=128"], "seq_len=128: allowed <= model.net.max_seq_len=64 (data.seq_len)"),
     (["data=text"], "data.paths is not set"),
     (["model=hyper_connections", "model.net.mixer.streams=0"], "model.net.mixer.streams=0: allowed integers >= 1"),
-    (["model=denseformer", "model.net.mixer.semantics=both"], "model.net.mixer.semantics='both': allowed one of paper, official"),
     (["model=attn_res", "model.net.mixer.block_size=0"], "model.net.mixer.block_size=0: allowed null (full AttnRes)"),
     (["dwa_start_step=-1"], "dwa_start_step=-1: allowed integers >= 0"),
     (["model=transformer", "dwa_start_step=100"], "dwa_start_step=100: allowed 0 for model=transformer, which has no depth-mixing"),
 ])
 def test_invalid_setting_is_refused_with_key_value_and_allowed(overrides, expected):
     assert refusal(*overrides).startswith(expected)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("seed=-1", "seed=-1: allowed an integer 0 … 2**32-1"),
+    ("seed=abc", "seed='abc': allowed an integer 0 … 2**32-1"),
+    ("seed=4294967296", "seed=4294967296: allowed an integer 0 … 2**32-1"),
+    ("seed=1.5", "seed=1.5: allowed an integer 0 … 2**32-1"),
+    ("lr=inf", "lr=inf: allowed a finite number > 0 (optim.lr)"),
+    ("lr=nan", "lr=nan: allowed a finite number > 0 (optim.lr)"),
+    ("lr=-1", "lr=-1: allowed a finite number > 0 (optim.lr)"),
+    ("lr=0", "lr=0: allowed a finite number > 0 (optim.lr)"),
+])
+def test_bad_seed_or_lr_is_refused_in_one_line(override, expected):
+    # Hydra parses `lr=inf` / `lr=nan` as floats and `seed=abc` as a string: all reach validate_config.
+    assert refusal(override) == expected
+
+
+def test_largest_seed_is_valid():
+    validate_config(composed(f"seed={2**32 - 1}"))
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["model=denseformer", "model.net.mixer.semantics=both"], "model.net.mixer.semantics='both': allowed paper, official"),
+    (["model=denseformer", "model.net.mixer.implementation=slow"],
+     "model.net.mixer.implementation='slow': allowed auto, fast, reference"),
+    (["model=connect_to_last", "model.net.mixer.implementation=slow"],
+     "model.net.mixer.implementation='slow': allowed auto, fast, reference"),
+    (["model=last_k", "model.net.mixer.k=0"], "model.net.mixer.k=0: allowed integers >= 1"),
+    (["model=elc_bert", "model.net.mixer.weight_init=one"], "model.net.mixer.weight_init='one': allowed last, zero"),
+    (["model=denseformer", "dilation=abc"], "dilation='abc': allowed integers >= 1 (model.net.mixer.dilation)"),
+])
+def test_bad_model_value_is_refused_with_the_constructors_own_allowed_values(overrides, expected):
+    # The allowed values come from the model code (built on the meta device), not from a copy in config/.
+    assert refusal(*overrides) == expected
 
 
 def test_dilation_given_to_the_transformer_is_refused():
@@ -110,13 +143,6 @@ def test_cli_refuses_sequence_longer_than_the_data(tmp_path, data_dir):
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
 
 
-def test_the_config_check_allows_exactly_the_dwa_choices_of_the_model_code():
-    from denselab.config import DWA_IMPLEMENTATIONS, DWA_SEMANTICS
-    from denselab.models.dwa import IMPLEMENTATIONS, SEMANTICS
-
-    assert DWA_SEMANTICS == SEMANTICS and DWA_IMPLEMENTATIONS == IMPLEMENTATIONS
-
-
 def test_a_run_folder_of_another_training_is_refused_naming_only_training_keys(tmp_path):
     from omegaconf import OmegaConf
 
@@ -130,3 +156,24 @@ def test_a_run_folder_of_another_training_is_refused_naming_only_training_keys(t
     _check_same_training(OmegaConf.create(same), tmp_path, previous)  # nothing trained differs: accepted
     with pytest.raises(ConfigError, match=r"differs in lr\)"):
         _check_same_training(OmegaConf.create({**same, "lr": 0.2}), tmp_path, previous)
+
+
+def test_moving_the_folders_keeps_the_training_fingerprint():
+    """Paths say where a run is, not what it trains: a sweep folder moved elsewhere (another root, output
+    folder or data cache) keeps its fingerprint, so it is resumed and skipped as before."""
+    from omegaconf import OmegaConf
+
+    from denselab.config import training_fingerprint
+
+    def resolved(root: str, *overrides: str) -> dict:
+        cfg = composed(f"paths.root_dir={root}", f"paths.output_dir={root}/logs/sweeps/s/default", *overrides)
+        return OmegaConf.to_container(cfg, resolve=True)
+
+    here, moved = resolved("/old/place"), resolved("/new/place")
+    assert here["trainer"]["default_root_dir"] != moved["trainer"]["default_root_dir"]
+    assert here["data"]["cache_dir"] != moved["data"]["cache_dir"]
+    assert training_fingerprint(here) == training_fingerprint(moved)
+    # Set directly too, not only through paths.*.
+    moved["trainer"]["default_root_dir"], moved["data"]["cache_dir"] = "/elsewhere/run", "/elsewhere/data"
+    assert training_fingerprint(here) == training_fingerprint(moved)
+    assert training_fingerprint(here) != training_fingerprint(resolved("/old/place", "lr=0.002"))

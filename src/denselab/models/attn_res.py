@@ -31,8 +31,9 @@ from denselab.models.gpt import Rotary
 class AttnRes(nn.Module):
     def __init__(self, depth: int, width: int, block_size: int | None = None):
         super().__init__()
-        if block_size is not None and block_size < 1:
-            raise ValueError(f"attn_res needs block_size >= 1 (or null for full AttnRes), got {block_size}")
+        if block_size is not None and not (isinstance(block_size, int) and not isinstance(block_size, bool)
+                                           and block_size >= 1):
+            raise ValueError(f"block_size={block_size!r}: allowed null (full AttnRes) or integers >= 1")
         self.depth, self.block_size = depth, block_size
         n_queries = 2 * depth + 1  # every sub-layer, and the read-out
         self.queries = nn.Parameter(torch.zeros(n_queries, width))  # w_ℓ

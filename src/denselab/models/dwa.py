@@ -76,8 +76,11 @@ class DWA(nn.Module):
     def __init__(self, depth: int, dilation: int = 1, period: int = 1, semantics: str = "paper",
                  implementation: str = "auto"):
         super().__init__()
-        if depth < 1 or dilation < 1 or period < 1:
-            raise ValueError(f"DWA needs depth, dilation, period >= 1, got {depth}, {dilation}, {period}")
+        # One-line `argument=value: allowed ...` refusals: config validation builds the model on the meta
+        # device and reports these under the config key (denselab/config/validation.py).
+        for name, value in (("depth", depth), ("dilation", dilation), ("period", period)):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name}={value!r}: allowed integers >= 1")
         if semantics not in SEMANTICS:
             raise ValueError(f"semantics={semantics!r}: allowed {', '.join(SEMANTICS)}")
         if implementation not in IMPLEMENTATIONS:

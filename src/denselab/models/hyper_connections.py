@@ -40,8 +40,8 @@ from denselab.models.gpt import Rotary
 class HyperConnections(nn.Module):
     def __init__(self, depth: int, width: int, streams: int = 4, dynamic: bool = False):
         super().__init__()
-        if streams < 1:
-            raise ValueError(f"hyper_connections needs streams >= 1, got {streams}")
+        if not (isinstance(streams, int) and not isinstance(streams, bool) and streams >= 1):
+            raise ValueError(f"streams={streams!r}: allowed integers >= 1")
         self.depth, self.streams, self.dynamic = depth, streams, dynamic
         L, n = 2 * depth, streams  # one hyper-connection per sub-layer
         self.a_m = nn.Parameter(torch.zeros(L, n))  # width connections

@@ -21,8 +21,8 @@ class LastK(DWA):
     """DWA after every block over {X_0} ∪ {X_{i-K+1}, ..., X_i}."""
 
     def __init__(self, depth: int, k: int = 4, implementation: str = "auto"):
-        if k < 1:
-            raise ValueError(f"last_k needs k >= 1, got {k}")
+        if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            raise ValueError(f"k={k!r}: allowed integers >= 1")
         self.k = k
         super().__init__(depth, implementation=implementation)
 

@@ -1,15 +1,16 @@
-"""Config checks and Hydra helpers: every invalid setting is refused before any compute, in one line
-naming the key, its value and what is allowed.
+"""Checks that refuse a configuration before any compute: `validate_config` raises a one-line
+`ConfigError` (`key=value: what is allowed`) for the first setting that cannot run, and
+`check_group_choices` refuses `group=option` arguments with no YAML before Hydra starts.
+
+What a model node accepts is checked by the node's own constructor: validation builds the model on the
+meta device (no memory, no compute) and turns the constructor's `arg=value: allowed ...` ValueError into
+a ConfigError naming the config key, so the allowed values live in one place, the model code.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import inspect
-import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -17,121 +18,21 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from denselab.config.errors import ConfigError
+from denselab.config.resolvers import override_key
+
 # Top-level keys of conf/config.yaml that the groups interpolate (`${depth}` …): the short names a
 # researcher sweeps on the command line.
 SHORTHANDS = ("depth", "width", "heads", "dilation", "dwa_period", "seq_len", "seed", "steps", "batch_size", "lr",
               "dwa_start_step")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run. Its message is one line: key=value: what is allowed."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Deterministic output folders
-# ---------------------------------------------------------------------------------------------
-
-def override_key(override: str) -> str:
-    """'++model.depth=3' → 'model.depth'."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def dirname(overrides: Iterable[str], exclude_keys: Iterable[str] = (), more_exclude_keys: Iterable[str] = ()) -> str:
-    """A folder name that is a pure function of the command-line overrides, e.g.
-    'dilation=2,model=denseformer'; 'default' when there are none."""
-    exclude = set(exclude_keys) | set(more_exclude_keys)
-    kept = sorted(o for o in overrides if override_key(o) not in exclude and not override_key(o).startswith("hydra."))
-    name = ",".join(kept) or "default"
-    name = re.sub(r"[^A-Za-z0-9=,._+\-\[\]]", "_", name)
-    if len(name) > 120:  # keep paths short but unique
-        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:10]
-    return name
-
-
-def sweep_dirname(name: str | None, overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> str:
-    """`name` when given, else `dirname` of the sweep's own (unexpanded) overrides."""
-    return str(name) if name else dirname(overrides, exclude_keys)
-
-
-def micro_batch(batch_size: int, accumulate: int) -> int:
-    """Sequences per micro-batch, so that `accumulate` micro-batches make one optimiser batch."""
-    if batch_size % accumulate:
-        raise ConfigError(f"batch_size={batch_size}: allowed multiples of trainer.accumulate_grad_batches={accumulate}")
-    return batch_size // accumulate
-
-
-def scaled(value: float, divisor: float, minimum: int = 1) -> int:
-    """A paper quantity at another scale: value / divisor rounded half up, at least `minimum`."""
-    return max(int(minimum), math.floor(value / divisor + 0.5))
-
-
-def scaled_width(width: int, divisor: float, head_size: int) -> int:
-    """A paper width at another scale, rounded to a whole number of heads of `head_size`."""
-    return head_size * max(1, math.floor(width / divisor / head_size + 0.5))
-
-
-def exact_div(a: int, b: int) -> int:
-    if a % b:
-        raise ConfigError(f"{a} is not a multiple of {b}")
-    return a // b
-
-
-def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("denselab.scale", scaled, replace=True)
-    OmegaConf.register_new_resolver("denselab.scale_width", scaled_width, replace=True)
-    OmegaConf.register_new_resolver("denselab.div", exact_div, replace=True)
-    OmegaConf.register_new_resolver("denselab.mul", lambda a, b: int(a) * int(b), replace=True)
-    OmegaConf.register_new_resolver("denselab.cpu_count", lambda: os.cpu_count() or 1, replace=True)
-    OmegaConf.register_new_resolver("denselab.micro_batch", micro_batch, replace=True)
-    OmegaConf.register_new_resolver("denselab.dirname", dirname, replace=True)
-    OmegaConf.register_new_resolver("denselab.sweep_dirname", sweep_dirname, replace=True)
+# numpy's seeds, and so Lightning's `seed_everything`, are unsigned 32-bit integers; anything else fails
+# (or, for a string of digits, is silently converted) only once the run is being set up.
+SEED_RANGE = range(0, 2**32)
 
 
 # ---------------------------------------------------------------------------------------------
-# What a run trains: two runs with the same fingerprint train the same thing
-# ---------------------------------------------------------------------------------------------
-
-# Keys that do not change what is trained (names, folders, reporting, logging, measuring).
-NOT_TRAINING = ("experiment_name", "name", "report", "paths", "ckpt_path", "speed", "matmul_precision", "num_threads",
-                "compile")
-# (DWA's `implementation`: the same sums either way, exact to 1e-5; runs made before it existed still match.)
-NOT_TRAINING_NESTED = (("data", "num_proc"), ("trainer", "enable_progress_bar"), ("callbacks",), ("logger",),
-                       ("model", "net", "mixer", "implementation"))
-
-
-# DWA's choices, as `denselab.models.dwa` defines them (SEMANTICS, IMPLEMENTATIONS): written out here
-# because this module checks a config before torch is imported (tests/test_config.py keeps them equal).
-DWA_SEMANTICS = ("paper", "official")
-DWA_IMPLEMENTATIONS = ("auto", "fast", "reference")
-
-
-def training_fingerprint(resolved: dict) -> str:
-    """sha256 of the resolved config without the keys that do not change what is trained."""
-    trimmed = copy.deepcopy({k: v for k, v in resolved.items() if k not in NOT_TRAINING})
-    for path in NOT_TRAINING_NESTED:
-        node = trimmed
-        for key in path[:-1]:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return hashlib.sha256(json.dumps(trimmed, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += changed_keys(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation
+# Which shorthands a model uses
 # ---------------------------------------------------------------------------------------------
 
 def _walk_strings(node: Any, path: str = "") -> Iterable[tuple[str, str]]:
@@ -156,6 +57,10 @@ def used_shorthands(cfg: DictConfig) -> set[str]:
     return used
 
 
+# ---------------------------------------------------------------------------------------------
+# Helpers: reading a key and refusing it in one line
+# ---------------------------------------------------------------------------------------------
+
 def _display_key(cfg: DictConfig, path: str) -> str:
     """The key the user would type: the shorthand when the node is `${shorthand}`, else the path."""
     node: Any = OmegaConf.to_container(cfg, resolve=False)
@@ -177,6 +82,11 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    """A number that is not inf or nan (Hydra parses `lr=inf` and `lr=nan` as floats)."""
+    return _is_num(v) and math.isfinite(v)
 
 
 def _exists(cfg: DictConfig, path: str) -> bool:
@@ -203,8 +113,13 @@ def _require(cfg: DictConfig, path: str, ok: Callable[[Any], bool], allowed: str
     return value
 
 
+# ---------------------------------------------------------------------------------------------
+# The checks
+# ---------------------------------------------------------------------------------------------
+
 def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
-    """Raise ConfigError for the first setting that cannot run. Cheap: touches no data or model."""
+    """Raise ConfigError for the first setting that cannot run. Cheap: touches no data; the model is
+    built on the meta device only."""
     overrides = list(overrides)
     model_name = OmegaConf.select(cfg, "model.name", default="?")
 
@@ -217,7 +132,10 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
                 f"{o}: model={model_name} does not use '{key}', so every value would train the same model; "
                 f"drop '{key}' for this model (allowed for it: {', '.join(s for s in SHORTHANDS if s in used)})"
             )
+    _require(cfg, "seed", lambda v: _is_int(v) and v in SEED_RANGE, "an integer 0 … 2**32-1")
 
+    # Model: the shape of the shared blocks. The mixer's own settings (dilation, semantics, ...) are
+    # its constructor's to check, at the end (_meta_mixing_parameters).
     net = "model.net"
     _require(cfg, f"{net}.depth", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     width = _require(cfg, f"{net}.width", lambda v: _is_int(v) and v >= 1, "integers >= 1")
@@ -230,21 +148,12 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
                         "is odd; rotary encoding rotates pairs of dims)")
     _require(cfg, f"{net}.dropout", lambda v: _is_num(v) and 0 <= v < 1, "0 <= dropout < 1")
     mixer = f"{net}.mixer"
-    if OmegaConf.select(cfg, mixer) is not None:
-        _require(cfg, f"{mixer}.dilation", lambda v: _is_int(v) and v >= 1, "integers >= 1")
-        _require(cfg, f"{mixer}.period", lambda v: _is_int(v) and v >= 1, "integers >= 1")
-        _require(cfg, f"{mixer}.semantics", lambda v: v in DWA_SEMANTICS, f"one of {', '.join(DWA_SEMANTICS)}")
-        _require(cfg, f"{mixer}.implementation", lambda v: v in DWA_IMPLEMENTATIONS,
-                 f"one of {', '.join(DWA_IMPLEMENTATIONS)}")
-        _require(cfg, f"{mixer}.k", lambda v: _is_int(v) and v >= 1, "integers >= 1")
-        _require(cfg, f"{mixer}.streams", lambda v: _is_int(v) and v >= 1, "integers >= 1")
-        _require(cfg, f"{mixer}.block_size", lambda v: v is None or (_is_int(v) and v >= 1),
-                 "null (full AttnRes) or integers >= 1")
-        _require(cfg, f"{mixer}.weight_init", lambda v: v in ("last", "zero"), "one of last, zero")
-        for key in ("depth", "width"):
-            if _exists(cfg, f"{mixer}.{key}") and OmegaConf.select(cfg, f"{mixer}.{key}") != OmegaConf.select(cfg, f"{net}.{key}"):
-                raise _fail(cfg, f"{mixer}.{key}", OmegaConf.select(cfg, f"{mixer}.{key}"),
-                            f"the model's {key} ({OmegaConf.select(cfg, f'{net}.{key}')})")
+    for key in ("depth", "width"):  # a mixer built for another shape than the blocks it wires
+        if not _exists(cfg, f"{mixer}.{key}"):
+            continue
+        ours, model = OmegaConf.select(cfg, f"{mixer}.{key}"), OmegaConf.select(cfg, f"{net}.{key}")
+        if ours != model:
+            raise _fail(cfg, f"{mixer}.{key}", ours, f"the model's {key} ({model})")
     _require(cfg, "model.vocab_multiple", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     _require(cfg, f"{net}.max_seq_len", lambda v: _is_int(v) and v >= 1, "integers >= 1")
 
@@ -283,12 +192,12 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
         if not isinstance(paths, (list, ListConfig)) or not paths:
             raise ConfigError(f"data.paths={paths!r}: allowed a non-empty list, e.g. data.paths=[a.txt,b.jsonl]")
 
-    # Optimisation
-    _require(cfg, "optim.lr", lambda v: _is_num(v) and v > 0, "numbers > 0")
+    # Optimisation. `lr=inf` would train to nan and only be noticed as a divergence; refuse it here.
+    _require(cfg, "optim.lr", lambda v: _is_finite(v) and v > 0, "a finite number > 0")
     _require(cfg, "optim.betas", lambda v: len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)")
-    _require(cfg, "optim.weight_decay", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
-    _require(cfg, "optim.dwa_weight_decay", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
-    _require(cfg, "optim.dwa_lr_scale", lambda v: _is_num(v) and v >= 0, "numbers >= 0")
+    _require(cfg, "optim.weight_decay", lambda v: _is_finite(v) and v >= 0, "finite numbers >= 0")
+    _require(cfg, "optim.dwa_weight_decay", lambda v: _is_finite(v) and v >= 0, "finite numbers >= 0")
+    _require(cfg, "optim.dwa_lr_scale", lambda v: _is_finite(v) and v >= 0, "finite numbers >= 0")
     start = _require(cfg, "optim.dwa_start_step", lambda v: _is_int(v) and v >= 0, "integers >= 0")
     _require(cfg, "optim.warmup_fraction", lambda v: _is_num(v) and 0 <= v < 1, "0 <= warmup_fraction < 1")
     _require(cfg, "optim.warmup_steps", lambda v: v is None or (_is_int(v) and v >= 0), "null or integers >= 0")
@@ -310,15 +219,22 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     _require(cfg, "ckpt_path", lambda v: v is None or isinstance(v, str), "null (fresh start), 'last' or a .ckpt path")
     _require(cfg, "compile", lambda v: isinstance(v, bool), "true or false")
 
-    # Last, the model itself, built on the meta device (no memory, no compute): constructor checks
-    # and whether it has depth-mixing parameters at all.
+    # Last, the model itself, built on the meta device (no memory, no compute): the constructors'
+    # checks, and whether it has depth-mixing parameters at all.
     mixing = _meta_mixing_parameters(cfg, model_name)
     if start and not mixing:
         raise _fail(cfg, "optim.dwa_start_step", start, f"0 for model={model_name}, which has no depth-mixing parameters")
 
 
+# A constructor's refusal of one argument: "dilation=0: allowed integers >= 1" (models/*.py).
+_ARGUMENT_ERROR = re.compile(r"(?P<argument>\w+)=.*?: allowed (?P<allowed>.+)")
+# Hydra names the node whose constructor failed on a line of its InstantiationException.
+_FULL_KEY = re.compile(r"^full_key: (?P<node>\S+)$", re.MULTILINE)
+
+
 def _meta_mixing_parameters(cfg: DictConfig, model_name: str) -> int:
-    """Number of depth-mixing parameters of the configured model, built on the meta device."""
+    """Number of depth-mixing parameters of the configured model, built on the meta device. A
+    constructor's `arg=value: allowed ...` error becomes `<config key>=value: allowed ...`."""
     from hydra.errors import InstantiationException
 
     from denselab.models import build_model, count_parameters
@@ -327,6 +243,11 @@ def _meta_mixing_parameters(cfg: DictConfig, model_name: str) -> int:
         model = build_model(cfg.model, vocab_size=cfg.model.vocab_multiple, device="meta")
     except (InstantiationException, ValueError) as e:
         cause = e.__cause__ or e
+        argument = _ARGUMENT_ERROR.fullmatch(str(cause).strip())
+        node = _FULL_KEY.search(str(e))
+        if argument and node and _exists(cfg, key := f"{node['node']}.{argument['argument']}"):
+            raise _fail(cfg, key, OmegaConf.select(cfg, key), argument["allowed"]) from None
+        # Any other refusal (or an argument the config does not set): the constructor's first line.
         raise ConfigError(f"model={model_name}: {cause}".splitlines()[0]) from None
     return count_parameters(model)["dwa"]
 
