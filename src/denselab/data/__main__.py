@@ -35,13 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
 
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+
+    from denselab.data import instantiate_datamodule
 
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         cfg = compose(config_name="config", overrides=argv)
     try:
         validate_config(cfg, argv)
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate_datamodule(cfg.data)
         datamodule.prepare_data()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

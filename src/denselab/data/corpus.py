@@ -3,6 +3,8 @@
 Every source has the interface the token cache (`prepare.py`) uses: `name`, `cache_key()` (the
 prepared directory's name), `fingerprint()` (see below), `check_available(directory)` (raise a
 ConfigError when the documents cannot be read here) and `batches()` (the documents of both splits).
+A source may also have `check_documents()`: raise a ConfigError for content that cannot be
+tokenized, called before a preparation starts (so a bad file costs no work and deletes nothing).
 
 * `PythonStdlib` — the default corpus: the source files of the Python standard library that ships
   with the running interpreter. Real text (code, docstrings, comments) written by the CPython
@@ -16,7 +18,11 @@ which the token cache (`prepare.py`) compares before reusing a tokenization.
 
 from __future__ import annotations
 
+import codecs
+import glob
 import hashlib
+import json
+import os
 import platform
 import sysconfig
 import zlib
@@ -24,6 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
+import pyarrow.parquet as pq
 
 from denselab.config import ConfigError
 from denselab.io import hash_file
@@ -34,8 +41,9 @@ STDLIB_EXCLUDED_PARTS = frozenset({"site-packages", "dist-packages", "test", "te
 MIN_STDLIB_BYTES = 5_000_000
 
 
-class CorpusError(ValueError):
-    """A data source that cannot be used as configured."""
+class CorpusError(ConfigError):
+    """A data source that cannot be used as configured. A ConfigError, so run.py and
+    `python -m denselab.data` print it as one line (exit status 2) rather than a traceback."""
 
 
 ROWS_PER_READ = 256
@@ -124,6 +132,11 @@ class TextFiles:
     `text_field`) and .parquet (one per row, column `text_field`), loaded with `datasets`' packaged
     builders (no hub access).
 
+    `paths` and `val_paths` take files, folders (their supported files at any depth, hidden ones
+    left out) and glob patterns (`corpus/*.txt`, `corpus/**/*.jsonl`), expanded once, in sorted
+    order, into `self.paths` / `self.val_paths`: the cache key and fingerprint depend on those files
+    only, exactly as when they are listed one by one.
+
     Split: the files in `val_paths` when given; otherwise a document is validation when
     `crc32(its index as a decimal string) % 10_000 < val_fraction · 10_000`.
     """
@@ -139,19 +152,15 @@ class TextFiles:
         text_field: str = "text",
         cache_dir: str | None = None,
     ):
-        self.paths = [str(Path(p).expanduser().resolve()) for p in paths]
-        self.val_paths = [str(Path(p).expanduser().resolve()) for p in (val_paths or [])]
+        if not paths:
+            raise CorpusError("data.paths=[]: give at least one .txt, .jsonl or .parquet file")
+        # Folders and patterns are expanded here, once: the cache key and fingerprint below see only
+        # the resulting files, so a pattern and the same files listed one by one share a cache.
+        self.paths = expand_paths("data.paths", paths, self.BUILDERS)
+        self.val_paths = expand_paths("data.val_paths", val_paths or [], self.BUILDERS)
         self.val_fraction = float(val_fraction)
         self.text_field = text_field
         self.cache_dir = cache_dir
-        if not self.paths:
-            raise CorpusError("data.paths=[]: give at least one .txt, .jsonl or .parquet file")
-        for key, group in (("data.paths", self.paths), ("data.val_paths", self.val_paths)):
-            for p in group:
-                if Path(p).suffix not in self.BUILDERS:
-                    raise CorpusError(f"{key}: {p} has extension {Path(p).suffix!r}; allowed: {', '.join(self.BUILDERS)}")
-                if not Path(p).is_file():
-                    raise CorpusError(f"{key}: {p} does not exist")
         if not self.val_paths and not 0 < self.val_fraction < 1:
             raise CorpusError(f"data.val_fraction={val_fraction}: allowed 0 < val_fraction < 1 (or give data.val_paths)")
 
@@ -191,6 +200,17 @@ class TextFiles:
             if not Path(p).is_file():
                 raise ConfigError(f"data.paths: {p} does not exist")
 
+    def check_documents(self) -> None:
+        """Raise a CorpusError naming the key, the file and what is allowed for the first file that
+        `datasets` would fail on deep inside a preparation (or, for an empty or binary file, take in
+        silently). Reads every file once: cheap next to tokenizing it."""
+        for key, group in (("data.paths", self.paths), ("data.val_paths", self.val_paths)):
+            for p in group:
+                problem = {".txt": txt_problem, ".parquet": parquet_problem}.get(Path(p).suffix, json_problem)(
+                    Path(p), self.text_field)
+                if problem:
+                    raise CorpusError(f"{key}: {p} {problem}")
+
     def batches(self, num_proc: int = 1, announce_total: Callable[[int], None] | None = None
                 ) -> Iterator[tuple[str, list[str]]]:
         return split_batches(self.load(), announce_total)
@@ -210,3 +230,149 @@ class TextFiles:
                 "or more documents"
             )
         return {"train": train.select(train_idx), "val": train.select(val_idx)}
+
+
+# ----------------------------------------------------------------------------------------------
+# data.paths: files, folders and glob patterns
+# ----------------------------------------------------------------------------------------------
+
+def _is_pattern(value: str) -> bool:
+    """A glob pattern, unless a file of that very name exists (names may contain '[')."""
+    return any(c in value for c in "*?[") and not Path(value).exists()
+
+
+def _supported_below(folder: Path, suffixes) -> list[Path]:
+    """The files with a supported extension below `folder`, at any depth, sorted by path; hidden
+    files and folders (.git, editor backups, .ipynb_checkpoints) are not documents."""
+    found = (p for p in folder.rglob("*") if p.suffix in suffixes and p.is_file())
+    return sorted((p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+                  key=lambda p: p.as_posix())
+
+
+def expand_paths(key: str, values, suffixes) -> list[str]:
+    """The absolute paths of the files that `values` (files, folders, glob patterns) name, in the
+    order given, each folder's and pattern's files sorted: the same list on every run and machine
+    with the same files. Raises CorpusError for a value naming no usable file."""
+    allowed = ", ".join(suffixes)
+    files: list[Path] = []
+    for value in map(str, values):
+        expanded = os.path.expanduser(value)
+        if _is_pattern(expanded):
+            matches = sorted(glob.glob(expanded, recursive=True))
+            found = [q for m in map(Path, matches)
+                     for q in (_supported_below(m, suffixes) if m.is_dir() else [m] if m.suffix in suffixes else [])]
+            if not found:
+                raise CorpusError(f"{key}: the pattern {value!r} matches no {allowed} file; allowed: existing "
+                                  "files, folders or glob patterns of such files")
+        elif Path(expanded).is_dir():
+            found = _supported_below(Path(expanded), suffixes)
+            if not found:
+                raise CorpusError(f"{key}: the folder {value} holds no {allowed} file; allowed: existing "
+                                  "files, folders or glob patterns of such files")
+        else:
+            path = Path(expanded)
+            if path.suffix not in suffixes:
+                raise CorpusError(f"{key}: {path.resolve()} has extension {path.suffix!r}; allowed: {allowed}")
+            if not path.is_file():
+                raise CorpusError(f"{key}: {path.resolve()} does not exist")
+            found = [path]
+        files.extend(found)
+    return [str(p.resolve()) for p in files]
+
+
+# ----------------------------------------------------------------------------------------------
+# Content checks: what `datasets` would choke on, found before a preparation starts
+# ----------------------------------------------------------------------------------------------
+
+READ_CHUNK = 1 << 22
+TXT_ALLOWED = "allowed: .txt files holding UTF-8 text"
+JSON_ALLOWED = "allowed: one JSON object per line"
+
+
+def txt_problem(path: Path, text_field: str) -> str | None:
+    """Why a .txt file is no document (empty, binary, not UTF-8), or None. Read in chunks, so a
+    large file costs no more memory than one chunk."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, has_text = 0, False
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(READ_CHUNK), b""):
+            nul = chunk.find(b"\0")  # the test git and grep use: text never holds a NUL byte
+            if nul >= 0:
+                return f"is binary (a NUL byte at offset {offset + nul}); {TXT_ALLOWED}"
+            held = decoder.getstate()[0]  # the start of a character cut by the previous chunk
+            try:
+                has_text = bool(decoder.decode(chunk).strip()) or has_text
+            except UnicodeDecodeError as e:  # e.start counts from the held bytes, then the chunk
+                at = offset - len(held) + e.start
+                return (f"is not UTF-8 (byte {(held + chunk)[e.start]:#04x} at offset {at}); {TXT_ALLOWED} "
+                        "(convert it first, e.g. iconv -f latin1 -t utf-8)")
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return f"is not UTF-8 (it ends inside a character); {TXT_ALLOWED}"
+    return None if has_text else f"is empty; {TXT_ALLOWED}"
+
+
+def _record_problem(record, where: str, text_field: str) -> str | None:
+    if not isinstance(record, dict):
+        return f"{where} is a JSON {type(record).__name__}, not an object; {JSON_ALLOWED}"
+    if text_field not in record:
+        return (f"{where} has no field {text_field!r} (keys found: {', '.join(map(str, record)) or 'none'}); "
+                f"allowed: records with the field data.text_field={text_field!r}, or data.text_field set to "
+                "one of their keys")
+    if not isinstance(record[text_field], str):
+        return (f"{where} has a {type(record[text_field]).__name__} in field {text_field!r}; "
+                "allowed: a string in every record")
+    return None
+
+
+def json_problem(path: Path, text_field: str) -> str | None:
+    """Why a .jsonl/.json file is not a list of records with a string `text_field`, or None. The
+    layouts `datasets`' json builder reads: JSON Lines (blank lines skipped), or a file that starts
+    with '[' holding one array of objects (or of strings, which become field "text")."""
+    with open(path, "rb") as f:
+        head = f.read(3)
+    if head.lstrip(codecs.BOM_UTF8).startswith(b"["):
+        try:
+            records = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"is not a valid JSON array ({str(e).splitlines()[0]}); {JSON_ALLOWED}, or one array of objects"
+        if not records:
+            return f"holds no records; {JSON_ALLOWED}"
+        for i, record in enumerate(records):
+            record = {"text": record} if isinstance(record, str) else record
+            problem = _record_problem(record, f"item {i}", text_field)
+            if problem:
+                return problem
+        return None
+    n_records = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                return f"line {n} is not UTF-8 (byte {raw[e.start]:#04x}); {JSON_ALLOWED}, in UTF-8"
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"line {n} is not valid JSON ({e.msg}, column {e.colno}); {JSON_ALLOWED}"
+            problem = _record_problem(record, f"line {n}", text_field)
+            if problem:
+                return problem
+            n_records += 1
+    return None if n_records else f"holds no records; {JSON_ALLOWED}"
+
+
+def parquet_problem(path: Path, text_field: str) -> str | None:
+    """Why a .parquet file has no string column `text_field`, or None (reads only the footer)."""
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
+        return f"is not a readable Parquet file ({str(e).splitlines()[0]}); allowed: Parquet files"
+    if text_field not in schema.names:
+        return (f"has no column {text_field!r} (columns found: {', '.join(schema.names) or 'none'}); allowed: "
+                f"files with the column data.text_field={text_field!r}, or data.text_field set to one of theirs")
+    return None

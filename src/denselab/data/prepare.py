@@ -15,7 +15,12 @@ corpus length need not be known up front (streaming). At the end both files are 
 Reuse: a directory is valid exactly when its meta.json equals what the config asks for (`expected_meta`)
 and the bins have the sizes it records; with `verify="full"` (or "auto" and bins of at most 1 GiB) their
 SHA-256 must also match. An interrupted preparation has no meta.json (and `.tmp` files at most), so it
-never looks valid; it is redone, with the reason logged.
+never looks valid; it is redone, with the reason logged. So is one whose meta.json cannot be read
+(not JSON, not an object, or missing the counts and hashes): it is rebuilt, not a traceback.
+
+Read-only caches: a valid directory is used without taking the lock or writing anything, so a
+cache on shared read-only storage works; one that must be (re)built where nothing may be written is
+a ConfigError naming data.cache_dir.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ VERIFY_MODES = ("auto", "full", "size")
 AUTO_VERIFY_MAX_BYTES = 1 << 30   # "auto" hashes the bins on reuse up to this total size (~1 s)
 BATCH_CHARS = 1 << 20             # characters of text per tokenizer task
 NOT_PREPARED = "not prepared yet"
+UNREADABLE_META = "unreadable meta.json"
 
 
 def encode_documents(tokenizer_name: str, texts: list[str]) -> np.ndarray:
@@ -99,6 +105,25 @@ def _difference(prepared, asked, path: str) -> str | None:
     return None if prepared == asked else f"{path}: prepared {_short(prepared)}, asked {_short(asked)}"
 
 
+def _read_meta(path: Path) -> tuple[dict | None, str | None]:
+    """(meta.json's object, None), or (None, what is wrong with it) when it is not a JSON object with
+    the token counts and bin hashes the reuse check and the data module read: a half-copied or
+    hand-edited file must lead to a rebuild, not a KeyError on every retry."""
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:  # e.g. no read permission
+        return None, f"cannot be read: {e.strerror or e}"
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"not JSON: {str(e).splitlines()[0]}"
+    if not isinstance(meta, dict):
+        return None, f"a JSON {type(meta).__name__}, not an object"
+    for key, kind in (("tokens", int), ("documents", int), ("bin_sha256", str)):
+        value = meta.get(key)
+        if not (isinstance(value, dict) and all(isinstance(value.get(s), kind) for s in SPLITS)):
+            return None, f"no {key}.train and {key}.val"
+    return meta, None
+
+
 def invalid_reason(directory: Path, expected: dict, verify: str = "auto") -> str | None:
     """Why `directory` cannot be reused (None when it can). `verify`: "size" checks the bins' sizes,
     "full" also their SHA-256, "auto" the SHA-256 only when the bins total at most 1 GiB."""
@@ -108,10 +133,9 @@ def invalid_reason(directory: Path, expected: dict, verify: str = "auto") -> str
             return NOT_PREPARED
         partial = sorted(p.name for p in directory.glob("*.tmp"))
         return "no complete preparation found" + (f" (an interrupted one left {', '.join(partial)})" if partial else "")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        return "meta.json is unreadable"
+    meta, problem = _read_meta(meta_path)
+    if problem:
+        return f"{UNREADABLE_META} ({problem})"
     for key, value in expected.items():
         if meta.get(key) != value:
             detail = _difference(meta.get(key), value, key)
@@ -135,15 +159,24 @@ def prepare_tokens(source, tokenizer_name: str, cache_dir: str | Path, num_proc:
                    verify: str = "auto") -> Path:
     """Return a valid prepared directory for (source, tokenizer), tokenizing only if needed.
 
-    Raises ConfigError, before anything is deleted or downloaded, when the directory must be
-    (re)built and the source cannot be read here (a hub dataset without network access)."""
+    Raises ConfigError, before anything is deleted, downloaded or tokenized, when the directory must be
+    (re)built and the source cannot be read here (a hub dataset without network access), its documents
+    cannot be tokenized (`source.check_documents`), or the cache location is not writable."""
     if verify not in VERIFY_MODES:
         raise ConfigError(f"data.verify_bins={verify!r}: allowed {', '.join(VERIFY_MODES)}")
     directory = prepared_dir(source, tokenizer_name, cache_dir)
+    expected = expected_meta(source, tokenizer_name)
+    # A valid directory is used as it is, without the lock: taking it creates a file, which read-only
+    # shared storage refuses. Safe, as a preparation only ever makes a directory valid at its very
+    # end (meta.json written last) and never rewrites one that is valid for the same settings.
+    reason = invalid_reason(directory, expected, verify)
+    if reason is None:
+        log.info("Reusing tokenized data in %s", directory)
+        return directory
+    _check_writable(directory, cache_dir, reason)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory) + ".lock"):  # concurrent jobs of a sweep wait for one preparation
-        expected = expected_meta(source, tokenizer_name)
-        reason = invalid_reason(directory, expected, verify)
+        reason = invalid_reason(directory, expected, verify)  # another job may have prepared it meanwhile
         if reason is None:
             log.info("Reusing tokenized data in %s", directory)
             return directory
@@ -153,12 +186,38 @@ def prepare_tokens(source, tokenizer_name: str, cache_dir: str | Path, num_proc:
             shown = display_path(directory)
             state = f"not prepared in {shown}" if reason == NOT_PREPARED else f"{shown} is unusable ({reason})"
             raise ConfigError(f"data={source.name}: {state} and {e}") from None
+        if hasattr(source, "check_documents"):
+            source.check_documents()
         if reason == NOT_PREPARED:
             log.info("Tokenizing %s with %s into %s (%s)", source.name, tokenizer_name, directory, reason)
+        elif reason.startswith(UNREADABLE_META):
+            log.warning("%s: %s; rebuilding the cache", display_path(directory), reason)
         else:
             log.warning("Preparing %s again: %s", directory, reason)
         _build(directory, source, tokenizer_name, expected, num_proc)
         return directory
+
+
+def _unwritable_folder(directory: Path) -> Path | None:
+    """The folder that stops a preparation of `directory` (None when none does): the directory itself
+    when it exists (bins and meta.json are replaced in it), and the folder that receives the lock
+    file and the new directory (the nearest existing ancestor when the cache_dir is not made yet)."""
+    for folder in (directory, directory.parent):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return existing
+    return None
+
+
+def _check_writable(directory: Path, cache_dir: str | Path, reason: str) -> None:
+    folder = _unwritable_folder(directory)
+    if folder is not None:
+        shown = display_path(directory)
+        state = f"{shown} is not prepared" if reason == NOT_PREPARED else f"{shown} is unusable ({reason})"
+        raise ConfigError(
+            f"data.cache_dir={display_path(cache_dir)}: {state} and {display_path(folder)} is not writable; "
+            "allowed: a writable data.cache_dir (or paths.data_dir), or a cache prepared elsewhere with "
+            "the same settings (python -m denselab.data ...) and copied there")
 
 
 def _build(directory: Path, source, tokenizer_name: str, expected: dict, num_proc: int) -> None:
