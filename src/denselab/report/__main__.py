@@ -32,11 +32,12 @@ def main(argv: list[str]) -> int:
     register_resolvers()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=argv, return_hydra_config=True)
+    from denselab.checkpoints import CheckpointError
     from denselab.report import report_experiment
 
     try:
         written = report_experiment(cfg, argv)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:  # a damaged or foreign last.ckpt: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in written:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from denselab.io import atomic_write_json, atomic_write_text, git_info
 from denselab.report import analysis, figures
 from denselab.report.runs import Run, expected_runs, run_info, select, sweep_dir
-from denselab.report.tables import build_table, label
+from denselab.report.tables import build_table, for_csv, label
 
 TABLE_FIGURES = ("table_bars", "speed_tradeoff", "kxp_tradeoff", "sparsity_effect", "curves_vs_time",
                  "curves_vs_steps", "same_time")
@@ -31,7 +31,7 @@ def report_experiment(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[
 
     if kind in TABLE_FIGURES or rep.paper_table is not None:
         table = build_table(runs, rep.paper_table, list(rep.match))
-        written.append(_write_csv(table, out / f"{name}.csv"))
+        written.append(_write_csv(for_csv(table), out / f"{name}.csv"))
         if kind in ("table_bars", "same_time", None):
             written.append(figures.table_bars(table, title, out / f"{name}.png"))
         elif kind == "speed_tradeoff":
@@ -75,7 +75,7 @@ def _curves(runs: list[Run], cfg: DictConfig, kind: str, title: str, stem: Path)
     scale_steps = cfg.paper.steps / cfg.steps
     points = []
     for r in runs:
-        if not r.completed:
+        if not r.ok:  # a diverged run's curve ends in NaN / inf, which would make the row's mean NaN
             continue
         for h in r.metrics.get("val_history", []):
             points.append({"row": _row_name(r), "seed": r.seed, "step": h["step"], "paper_step": h["step"] * scale_steps,
@@ -231,7 +231,8 @@ def write_readme(name: str, folder: Path) -> Path:
         if info["scale"] == "smoke":  # smoke outputs are not kept in the repository (.gitignore)
             continue
         files = ", ".join(f"[{f}]({info_path.parent.name}/{f})" for f in info.get("files", []))
-        lines.append(f"| {info['scale']} | {info['completed']} / {info['expected']} | {info['failed']} | "
+        diverged = f" (+{info['diverged']} diverged)" if info.get("diverged") else ""  # older run_info: no key
+        lines.append(f"| {info['scale']} | {info['completed']} / {info['expected']} | {info['failed']}{diverged} | "
                      f"{_duration(info['span_s'])} | {_duration(info['job_time_s'])} | {'; '.join(info['machines'])} | "
                      f"{', '.join(c[:10] for c in info['commits'])} | {files} |")
     path = folder / "README.md"

@@ -35,13 +35,22 @@ def table_bars(table: pd.DataFrame, title: str, path: Path) -> Path:
             lo, hi = finite.min(), finite.max()
             pad = max(0.05 * (hi - lo), 0.02 * hi)
             ax.set_xlim(lo - 3 * pad, hi + 2 * pad)
-        for yi, v in zip(y, values):
-            ax.text(ax.get_xlim()[0], yi, " missing" if math.isnan(v) else f" {v:.3f}", va="center", fontsize=8)
+        empty = _why_empty(table) if name == "ours" else ["missing"] * len(y)
+        for yi, v, why in zip(y, values, empty):
+            ax.text(ax.get_xlim()[0], yi, f" {why}" if math.isnan(v) else f" {v:.3f}", va="center", fontsize=8)
         ax.set_title(f"{name} perplexity")
     axes[0].set_yticks(y, labels)
     axes[0].invert_yaxis()
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def _why_empty(table: pd.DataFrame) -> list[str]:
+    """What an empty bar of ours stands for: every seed diverged (non-finite loss), or no result."""
+    if "ours_diverged" not in table:
+        return ["missing"] * len(table)
+    diverged = (table["ours_diverged"].fillna(0) > 0) & (table["ours_n"].fillna(0) == 0)
+    return ["diverged" if d else "missing" for d in diverged]
 
 
 def speed_tradeoff(table: pd.DataFrame, title: str, path: Path) -> Path:

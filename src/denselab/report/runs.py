@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from denselab.aggregate import is_finite, read_metrics
 from denselab.config import dirname
-from denselab.io import read_json
 from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
 
 
@@ -30,6 +30,29 @@ class Run:
     @property
     def completed(self) -> bool:
         return self.status == "completed"
+
+    @property
+    def diverged(self) -> bool:
+        """Stopped by a non-finite training loss, or completed with a non-finite final perplexity (a
+        record from before train.py wrote "diverged"): a result, but not a number to average."""
+        return self.status == "diverged" or (self.completed and not is_finite(self.metrics.get("final_val_ppl")))
+
+    @property
+    def ok(self) -> bool:
+        """Completed with a finite final perplexity: the runs the report's numbers are made of."""
+        return self.completed and not self.diverged
+
+    @property
+    def failed(self) -> bool:
+        """Ran but gave no result: failed, interrupted, still running, or its metrics.json is unreadable."""
+        return not (self.completed or self.diverged or self.status == "missing")
+
+    @property
+    def error(self) -> str:
+        error = (self.metrics or {}).get("error")
+        if not error and self.diverged:
+            error = f"final_val_ppl is {self.metrics.get('final_val_ppl')} although the run completed"
+        return error or ""
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -52,13 +75,24 @@ def expected_runs(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[Run]
         name = dirname(job, exclude, ["experiment", "scale"])
         row = tuple(sorted(o for o in job if not o.startswith("seed=")))
         seed = next((o.split("=", 1)[1] for o in job if o.startswith("seed=")), "0")
-        runs.append(Run(folder / name, row, seed, read_json(folder / name / "metrics.json")))
+        runs.append(read_run(folder / name, row, seed))
     return runs
 
 
+def read_run(run_dir: Path, row: tuple[str, ...], seed: str) -> Run:
+    """The run in `run_dir`: no metrics.json is a missing run; one that cannot be read (binary,
+    truncated) is a run with status "unreadable" and the reason as its error, so that one damaged
+    file shows up in the report instead of stopping it."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return Run(run_dir, row, seed, None)
+    metrics, reason = read_metrics(path)
+    return Run(run_dir, row, seed, metrics if metrics is not None else {"status": "unreadable", "error": reason})
+
+
 def select(runs: list[Run], selector: dict[str, Any]) -> list[Run]:
-    """Completed runs whose hparams equal `selector` (e.g. {model: denseformer, paper_depth: 48})."""
-    return [r for r in runs if r.completed and all(_same(r.hparams.get(k), v) for k, v in selector.items())]
+    """Completed (not diverged) runs whose hparams equal `selector` (e.g. {model: denseformer, paper_depth: 48})."""
+    return [r for r in runs if r.ok and all(_same(r.hparams.get(k), v) for k, v in selector.items())]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -76,17 +110,19 @@ def grouped(runs: list[Run]) -> list[list[Run]]:
 
 
 def run_info(runs: list[Run]) -> dict[str, Any]:
-    """How many runs completed, how long they took, on what, from which commits."""
+    """How many runs completed (with a finite perplexity), diverged, failed or are missing, how long
+    the completed ones took, on what, from which commits."""
     from datetime import datetime
 
-    done = [r for r in runs if r.completed]
+    done = [r for r in runs if r.ok]
     starts = [datetime.fromisoformat(r.metrics["started_at"]) for r in done]
     ends = [datetime.fromisoformat(r.metrics["finished_at"]) for r in done]
     durations = [(e - s).total_seconds() for s, e in zip(starts, ends)]
     return {
         "expected": len(runs),
         "completed": len(done),
-        "failed": sum(r.status == "failed" for r in runs),
+        "failed": sum(r.failed for r in runs),
+        "diverged": sum(r.diverged for r in runs),
         "missing": sum(r.status == "missing" for r in runs),
         "job_time_s": sum(durations),
         "span_s": (max(ends) - min(starts)).total_seconds() if done else 0.0,

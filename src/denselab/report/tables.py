@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from denselab.aggregate import is_finite
 from denselab.models import num_dwa_parameters
 from denselab.report.runs import Run, grouped
 
@@ -26,7 +27,7 @@ COLUMNS = ["row", "model", "k_x_p", "depth", "width", "note", "paper_params_m", 
            "paper_ppl_stderr", "ours_ppl", "ours_ppl_stderr", "ours_n", "paper_inference_bps", "ours_inference_bps",
            "ours_inference_bps_stderr", "ours_train_bps", "ours_train_bps_stderr", "paper_steps", "ours_steps",
            "ours_train_time_s", "ours_train_time_s_stderr", "ours_sparsity", "ours_depth", "ours_width",
-           "ours_failed", "ours_missing", "status", "errors"]
+           "ours_diverged", "ours_failed", "ours_missing", "status", "errors"]
 
 
 def paper_rows(table: str) -> pd.DataFrame:
@@ -73,8 +74,8 @@ def label(model: str, dilation: Any = None, period: Any = None, depth: Any = Non
     return f"{name} {depth}" if depth is not None else name
 
 
-def _mean_stderr(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
+def _mean_stderr(values: list[Any]) -> tuple[float | None, float | None]:
+    values = [v for v in values if is_finite(v)]  # a NaN or inf would make the mean NaN or inf: left out
     if not values:
         return None, None
     mean = statistics.fmean(values)
@@ -82,10 +83,12 @@ def _mean_stderr(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize_group(runs: list[Run]) -> dict[str, Any]:
-    """Our numbers for one row: mean and standard error over its completed seeds."""
-    done = [r for r in runs if r.completed]
+    """Our numbers for one row: mean and standard error over its seeds that completed with a finite
+    perplexity; the diverged ones (non-finite loss) are counted in ours_diverged, not averaged."""
+    done = [r for r in runs if r.ok]
     hp = (done or runs)[0].hparams
-    out: dict[str, Any] = {"ours_n": len(done), "ours_failed": sum(r.status == "failed" for r in runs),
+    out: dict[str, Any] = {"ours_n": len(done), "ours_diverged": sum(r.diverged for r in runs),
+                           "ours_failed": sum(r.failed for r in runs),
                            "ours_missing": sum(r.status == "missing" for r in runs)}
     for key, metric in (("ppl", "final_val_ppl"), ("inference_bps", "inference_bps"), ("train_bps", "train_bps"),
                         ("train_time_s", "train_time_s")):
@@ -96,7 +99,7 @@ def summarize_group(runs: list[Run]) -> dict[str, Any]:
                    ours_depth=hp.get("depth"), ours_width=hp.get("width"))
         if hp.get("model") in DWA_PATTERNS:  # Tables 3, 7: the share of a full DWA's α that are absent
             out["ours_sparsity"] = round(1 - m["params"]["dwa"] / num_dwa_parameters(hp["depth"]), 3)
-    out["errors"] = "; ".join(sorted({r.metrics.get("error", "") for r in runs if r.status == "failed"}))
+    out["errors"] = "; ".join(sorted({r.error for r in runs if r.failed or r.diverged} - {""}))
     return out
 
 
@@ -152,5 +155,19 @@ def _row_note(row: tuple[str, ...]) -> str:
 
 def _status(row: dict) -> str:
     if row.get("ours_n"):
-        return "ok" if not (row.get("ours_failed") or row.get("ours_missing")) else "partial"
+        short = row.get("ours_diverged") or row.get("ours_failed") or row.get("ours_missing")
+        return "partial" if short else "ok"
+    if row.get("ours_diverged"):  # no seed gave a number because training blew up: a finding, not a gap
+        return "diverged"
     return "failed" if row.get("ours_failed") else "missing"
+
+
+def for_csv(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as written to CSV: a row whose every run diverged shows "diverged" as its
+    perplexity, not an empty cell that reads as "not run". (build_table's own output stays numeric,
+    for the figures.)"""
+    shown = table.copy()
+    if "ours_diverged" in shown:
+        all_diverged = (shown["ours_diverged"].fillna(0) > 0) & (shown["ours_n"].fillna(0) == 0)
+        shown["ours_ppl"] = shown["ours_ppl"].astype(object).where(~all_diverged, "diverged")
+    return shown
