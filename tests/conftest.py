@@ -31,10 +31,10 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def run_cli(args: list[str], log_dir: Path, data_dir: Path, timeout: float = 300, check: bool = True,
-            **popen) -> subprocess.CompletedProcess:
+            env_extra: dict[str, str] | None = None, **popen) -> subprocess.CompletedProcess:
     """`python run.py <args>` as a user runs it, with outputs under log_dir."""
     cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={log_dir}", f"paths.data_dir={data_dir}"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0", **(env_extra or {}))
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **popen)
     except subprocess.TimeoutExpired as e:  # show what the job printed before it hung

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -40,7 +41,9 @@ class TrainTimer(L.Callback):
         if (batch_idx + 1) % trainer.log_every_n_steps == 0:
             self._window_time, self._window_tokens = 0.0, 0
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not on_validation_epoch_end: callbacks' epoch-end hooks run before the module's, which is where
+        # this validation's loss is computed (last_eval would still hold the previous validation's).
         if trainer.sanity_checking or getattr(pl_module, "eval_prefix", "val") != "val" or not pl_module.last_eval:
             return
         self.history.append({"step": trainer.global_step, "train_time_s": self.train_time_s,
@@ -52,6 +55,26 @@ class TrainTimer(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_time_s = state_dict["train_time_s"]
         self.history = state_dict.get("history", [])
+
+
+class Diverged(Exception):
+    """A non-finite loss: training cannot recover from it, so the run stops with status `diverged`."""
+
+
+class DivergenceGuard(L.Callback):
+    """Stop the run at the first non-finite training loss (NaN or ±inf), and at a non-finite
+    validation loss, instead of training on to a NaN perplexity that would be reported as a result."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            raise Diverged(f"non-finite training loss {loss.item()} at step {trainer.global_step}")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = (getattr(pl_module, "last_eval", None) or {}).get("loss")
+        if not trainer.sanity_checking and loss is not None and not math.isfinite(loss):
+            raise Diverged(f"non-finite validation loss {loss} at step {trainer.global_step}")
 
 
 class MixingParameterLogger(L.Callback):

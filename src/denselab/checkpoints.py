@@ -12,7 +12,9 @@ the system temp dir and moves the file across filesystems: not atomic when /tmp 
 
 Resuming: `resumable_checkpoint(run_dir)` removes the temp files of killed saves, then returns the newest
 candidate of the run folder that loads, moving each damaged one into a `damaged/` folder beside it
-(nothing is deleted), so a damaged file does not fail every retry.
+(nothing is deleted), so a damaged file does not fail every retry. Lightning's own `fit(ckpt_path="last")`
+picks the newest file by time and fails on it when it is damaged, so train.py passes fit the file
+chosen here instead.
 
 Names: Lightning numbers SLURM checkpoints by concatenating all digits after the last "ckpt_" in every
 file name of the run folder that contains "ckpt_" (`_CheckpointConnector.__max_ckpt_version_in_folder`),
@@ -34,7 +36,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+
+from denselab.callbacks import Diverged
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +194,33 @@ def remove_partial_saves(directory: str | os.PathLike) -> list[Path]:
             log.warning("removed %s (left by an interrupted checkpoint save)", entry)
             removed.append(entry)
     return removed
+
+
+# -- when to save ----------------------------------------------------------------------------------
+class ValidationCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes `last.ckpt` after every periodic validation.
+
+    Lightning's ModelCheckpoint(save_top_k=0, save_last=True) writes last.ckpt only at the end of
+    training: after a validation it saves "last" only when it has just saved a top-k checkpoint. Saving
+    after the validation (not at the batch end before it) means the checkpoint holds that
+    validation's result, so a resumed run has the same validation history as an uninterrupted one.
+    Lightning runs checkpoint callbacks after all others, so the other callbacks' state is current."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # fitting, not sanity checking, not saved yet
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    """OnExceptionCheckpoint (interrupted.ckpt on Ctrl-C, SIGTERM, SIGUSR1 or a crash), except when the
+    run diverged: its weights are NaN, and resuming from them could only diverge again."""
+
+    def on_exception(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        exception = args[-1] if args else kwargs.get("exception")
+        if isinstance(exception, Diverged):
+            return
+        super().on_exception(trainer, *args, **kwargs)
 
 
 # -- resuming --------------------------------------------------------------------------------------

@@ -68,5 +68,9 @@ class SweepCallback(Callback):
 
             for path in report_experiment(config, list(config.hydra.overrides.task)):
                 print(f"[denselab] wrote {path}")
-        if not (results["status"] == "completed").all():
+        from denselab.train import FAILED_ATTEMPTS
+
+        for run_dir in FAILED_ATTEMPTS:
+            print(f"[denselab] NOT COMPLETED (this attempt failed, see above): {run_dir}")
+        if FAILED_ATTEMPTS or not (results["status"] == "completed").all():
             raise SystemExit(1)

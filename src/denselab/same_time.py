@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from denselab.config import ConfigError
 from denselab.io import read_json
@@ -58,3 +58,17 @@ def steps_for_same_train_time(cfg: DictConfig, out: Path, net: torch.nn.Module, 
     return {"steps": steps, "reference_run": ref["run_dir"], "reference_steps": ref["steps"],
             "reference_train_bps": ref["train_bps"], "train_bps": bps,
             "reference_train_time_s": ref.get("train_time_s")}
+
+
+def resolve_steps(cfg: DictConfig, out: Path, net: torch.nn.Module, vocab_size: int) -> dict[str, Any] | None:
+    """For a run with `match_train_time_of`, fix `cfg.steps` before training starts and return how it
+    was chosen (None for other runs). A resumed run keeps the count of its first start, which its
+    config.yaml holds, so its schedule does not change between restarts."""
+    if not cfg.get("match_train_time_of"):
+        return None
+    first = out / "config.yaml"
+    chosen = {"steps": OmegaConf.load(first).steps} if first.is_file() else steps_for_same_train_time(cfg, out, net, vocab_size)
+    with open_dict(cfg):
+        cfg.steps = int(chosen["steps"])
+    print(f"[denselab] same training time as {dict(cfg.match_train_time_of)}: {cfg.steps} steps")
+    return chosen
