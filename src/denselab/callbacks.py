@@ -62,19 +62,39 @@ class Diverged(Exception):
 
 
 class DivergenceGuard(L.Callback):
-    """Stop the run at the first non-finite training loss (NaN or ±inf), and at a non-finite
-    validation loss, instead of training on to a NaN perplexity that would be reported as a result."""
+    """Stop the run at a non-finite training loss (NaN or ±inf), and at a non-finite validation loss,
+    instead of training on to a NaN perplexity that would be reported as a result.
+
+    The training loss is checked on the device every batch and read on the host only every
+    `log_every_n_steps` batches (when Lightning's logging reads it anyway) and before a validation, so
+    the guard adds no host-device synchronisation per step on a GPU; a run stops at most that many
+    batches after it diverged, and a checkpoint never follows a non-finite loss."""
+
+    def __init__(self) -> None:
+        self._finite: torch.Tensor | None = None  # all training losses since the last check were finite
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss).all():
-            raise Diverged(f"non-finite training loss {loss.item()} at step {trainer.global_step}")
+        if loss is None:
+            return
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        if (batch_idx + 1) % trainer.log_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = (getattr(pl_module, "last_eval", None) or {}).get("loss")
         if not trainer.sanity_checking and loss is not None and not math.isfinite(loss):
             raise Diverged(f"non-finite validation loss {loss} at step {trainer.global_step}")
+
+    def _check(self, trainer: L.Trainer) -> None:
+        finite, self._finite = self._finite, None
+        if finite is not None and not bool(finite):
+            raise Diverged(f"non-finite training loss by step {trainer.global_step}")
 
 
 class MixingParameterLogger(L.Callback):
