@@ -162,8 +162,10 @@ def test_a_moved_sweep_folder_keeps_its_completed_runs(tmp_path, data_dir):
     # one run recorded by an earlier version, whose fingerprint covered the folder paths too
     (old_record,) = [p for p in (tmp_path / "new").rglob("metrics.json") if "seed=1" in str(p)]
     old_record.write_text(json.dumps({**json.loads(old_record.read_text()), "fingerprint": "0" * 64}))
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "new").rglob("last.ckpt")}
     proc = run_cli(["-m", "seed=0,1", *TINY], tmp_path / "new", data_dir)
     assert proc.stdout.count("already completed") == 2
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "new").rglob("last.ckpt")} == stamps  # not retrained
     (sweep_dir,) = (tmp_path / "new" / "sweeps").iterdir()
     assert set(pd.read_csv(sweep_dir / "results.csv")["status"]) == {"completed"}
 
