@@ -14,6 +14,11 @@ so `StopOnSignal` does the same as Lightning does for SIGTERM. On SLURM, Lightni
 handler that saves `hpc_ckpt_<n>.ckpt` and requeues the job with `scontrol requeue` — but only when no
 other handler is there yet. So `StopOnSignal` installs its handler once training has started, after
 Lightning's, and calls the handler it replaced: the job is requeued and also stops cleanly.
+
+The replaced handler is called at the batch boundary, not in the signal handler. Lightning's saves a
+checkpoint and flushes the loggers; run inside the signal handler, that can interrupt the main thread
+while it holds a lock the flush needs (TensorBoard's event queue, written every logging step) and
+hang the job until SLURM kills it. A signal handler here only notes the signal.
 """
 
 from __future__ import annotations
@@ -52,18 +57,16 @@ class StopOnSignal(L.Callback):
             signal.signal(signum, self._handler)
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        log.info("Received %s: stopping at the next batch boundary", signal.Signals(signum).name)
-        self.received = signum
-        previous = self._replaced.get(signum)
-        if callable(previous):  # e.g. Lightning's SLURM requeue handler
-            previous(signum, frame)
-
-    def _stop_if_signalled(self) -> None:
-        if self.received is not None:
-            raise Preempted(self.received)
+        self.received = signum  # nothing else here: see the module docstring
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self._stop_if_signalled()
+        if self.received is None:
+            return
+        log.info("Received %s: stopping at this batch boundary", signal.Signals(self.received).name)
+        previous = self._replaced.get(self.received)
+        if callable(previous):  # e.g. Lightning's SLURM requeue handler: hpc checkpoint, scontrol requeue
+            previous(self.received, None)
+        raise Preempted(self.received)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, previous in self._replaced.items():
