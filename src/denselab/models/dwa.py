@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from denselab.models.gpt import Rotary
+from denselab.models.gpt import Rotary, check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,8 @@ class DWA(nn.Module):
     def __init__(self, depth: int, dilation: int = 1, period: int = 1, semantics: str = "paper",
                  implementation: str = "auto"):
         super().__init__()
-        # One-line `argument=value: allowed ...` refusals: config validation builds the model on the meta
-        # device and reports these under the config key (denselab/config/validation.py).
         for name, value in (("depth", depth), ("dilation", dilation), ("period", period)):
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name}={value!r}: allowed integers >= 1")
+            check_positive_int(name, value)
         if semantics not in SEMANTICS:
             raise ValueError(f"semantics={semantics!r}: allowed {', '.join(SEMANTICS)}")
         if implementation not in IMPLEMENTATIONS:

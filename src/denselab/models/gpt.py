@@ -26,6 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def check_positive_int(name: str, value) -> None:
+    """Refuse `value` unless it is an integer >= 1, in the one-line `name=value: allowed ...` form that
+    config validation reports under the config key (it builds the model on the meta device)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"{name}={value!r}: allowed integers >= 1")
+
+
 class Rotary(nn.Module):
     """Rotary position encoding (Su et al., 2021), half-split ("GPT-NeoX") layout.
 

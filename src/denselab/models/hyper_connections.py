@@ -34,14 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denselab.models.gpt import Rotary
+from denselab.models.gpt import Rotary, check_positive_int
 
 
 class HyperConnections(nn.Module):
     def __init__(self, depth: int, width: int, streams: int = 4, dynamic: bool = False):
         super().__init__()
-        if not (isinstance(streams, int) and not isinstance(streams, bool) and streams >= 1):
-            raise ValueError(f"streams={streams!r}: allowed integers >= 1")
+        check_positive_int("streams", streams)
         self.depth, self.streams, self.dynamic = depth, streams, dynamic
         L, n = 2 * depth, streams  # one hyper-connection per sub-layer
         self.a_m = nn.Parameter(torch.zeros(L, n))  # width connections

@@ -15,14 +15,14 @@ DWA instead of K + 1 = 5 — the paper gives no formula, we follow its wording).
 from __future__ import annotations
 
 from denselab.models.dwa import DWA
+from denselab.models.gpt import check_positive_int
 
 
 class LastK(DWA):
     """DWA after every block over {X_0} ∪ {X_{i-K+1}, ..., X_i}."""
 
     def __init__(self, depth: int, k: int = 4, implementation: str = "auto"):
-        if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-            raise ValueError(f"k={k!r}: allowed integers >= 1")
+        check_positive_int("k", k)
         self.k = k
         super().__init__(depth, implementation=implementation)
 
