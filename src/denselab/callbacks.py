@@ -154,25 +154,29 @@ class MixingParameterLogger(L.Callback):
 
 
 def alpha_heatmap(alpha: torch.Tensor, title: str = ""):
-    """α as rows (DWA index) × columns (X_j) on a symlog colour scale, like the paper's Fig. 4."""
+    """α as rows (DWA index) × columns (X_j) on a symlog colour scale, like the paper's Fig. 4.
+
+    Drawn at every validation, so it is kept cheap: plain colour-bar labels (matplotlib's default
+    "10^k" labels go through its mathtext parser) and fixed margins instead of tight_layout, which
+    lays the figure out twice; together they took most of a tiny run's validation time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import SymLogNorm
-
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig.subplots_adjust(left=0.14, right=0.98, bottom=0.12, top=0.92)
     limit = max(1.0, float(alpha.abs().max()))
     upper = torch.triu(torch.ones_like(alpha, dtype=torch.bool), diagonal=1)  # j > i: no such weight
     values = alpha.masked_fill(upper, float("nan")).numpy()
     im = ax.imshow(values, cmap="RdBu_r", norm=SymLogNorm(linthresh=0.05, vmin=-limit, vmax=limit))
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("$X_j$")
+    ax.set_xlabel("X_j")
     ax.set_ylabel("DWA index")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="α (symlog)")
-    fig.tight_layout()
+    ticks = [-limit, -0.5, -0.05, 0.0, 0.05, 0.5, limit]
+    fig.colorbar(im, ax=ax, label="α (symlog)", ticks=ticks, format=FormatStrFormatter("%.2g"))
     return fig
