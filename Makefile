@@ -15,7 +15,7 @@ TABLES := table1 table2 table3 table4 table5 table6 table7 table8 longseq
 FIGURES := fig2b fig3 fig3c fig4 fig5 fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig14 fig15
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all sweep aggregate tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-data \
+.PHONY: help install train test test-all sweep aggregate plan tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-data \
 	clean clean-all report figures all $(TABLES) $(FIGURES)
 
 help:  ## list the targets
@@ -64,6 +64,9 @@ $(TABLES) $(FIGURES): install
 
 figures: $(FIGURES)
 all: $(TABLES) figures
+
+plan: install  ## the jobs of a table, which are done, and the GPU-hours of the rest: make plan E=table1 SCALE=paper
+	$(PY) -m denselab.plan experiment=$(E) scale=$(SCALE) $(ARGS)
 
 report: install  ## redraw a report from its runs: make report E=table1 SCALE=mini
 	$(PY) -m denselab.report experiment=$(E) scale=$(SCALE) $(ARGS)

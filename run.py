@@ -15,20 +15,14 @@ ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("DENSELAB_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
 
-from denselab.config import check_group_choices, register_resolvers  # noqa: E402
+from denselab.config import check_group_choices  # noqa: E402
+from denselab.ranks import child_argv  # noqa: E402
+from denselab.task import task  # noqa: E402
 
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    from denselab.train import train
-
-    train(cfg)
-
+main = hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="config")(task)
 
 if __name__ == "__main__":
+    sys.argv = child_argv(sys.argv)  # a process Lightning started for another device runs rank 0's job
     check_group_choices(sys.argv[1:], ROOT / "conf")
     main()

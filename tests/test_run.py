@@ -66,7 +66,8 @@ def test_job_writes_metrics_config_checkpoint_and_tensorboard(tmp_path, data_dir
     assert checkpoint["denselab_config"]["model"]["name"] == "denseformer" and checkpoint["global_step"] == 6
     scalars, hparams = tensorboard_tags(run_dir)
     assert {"train/loss", "train/tokens_per_s", "val/loss", "val/ppl", "final_val/loss", "final_val/ppl",
-            "lr-AdamW/decay", "lr-AdamW/dwa", "hparams/final_val_ppl"} <= scalars
+            "lr-AdamW/decay", "lr-AdamW/dwa", "hparams/final_val_ppl", "train/grad_norm",
+            "train/device/items_per_sec", "train/device/flops_per_sec"} <= scalars  # ThroughputMonitor: MFU on GPUs
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams
     assert "[denselab] final validation: loss" in proc.stdout and "tensorboard --logdir" in proc.stdout
     assert "parameters (5 depth-mixing" in proc.stdout

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 class TrainTimer(L.Callback):
     """Wall-clock time spent in training batches (validation excluded) and the token throughput.
 
-    Logs `train/tokens_per_s` over the batches since the previous log, and keeps the total
+    Logs `train/tokens_per_s` (of all devices together) over the batches since the previous log, and keeps the total
     `train_time_s` in checkpoints, so a resumed run reports the time of the whole run. Also keeps the
     validation curve against training time (`history`: step, train_time_s, val_loss, val_ppl), for
     the paper's perplexity-vs-time plot (Fig. 3c).
@@ -36,7 +36,7 @@ class TrainTimer(L.Callback):
         dt = time.perf_counter() - self._t0
         self.train_time_s += dt
         self._window_time += dt
-        self._window_tokens += batch[0].numel()
+        self._window_tokens += batch[0].numel() * trainer.world_size  # every rank trains a slice of equal size
         pl_module.log("train/tokens_per_s", self._window_tokens / max(self._window_time, 1e-9), prog_bar=True)
         if (batch_idx + 1) % trainer.log_every_n_steps == 0:
             self._window_time, self._window_tokens = 0.0, 0
@@ -68,7 +68,8 @@ class DivergenceGuard(L.Callback):
     The training loss is checked on the device every batch and read on the host only every
     `log_every_n_steps` batches (when Lightning's logging reads it anyway) and before a validation, so
     the guard adds no host-device synchronisation per step on a GPU; a run stops at most that many
-    batches after it diverged, and a checkpoint never follows a non-finite loss."""
+    batches after it diverged, and a checkpoint never follows a non-finite loss. On several devices the
+    ranks decide together (a rank that stopped alone would leave the others waiting in a collective)."""
 
     def __init__(self) -> None:
         self._finite: torch.Tensor | None = None  # all training losses since the last check were finite
@@ -93,7 +94,10 @@ class DivergenceGuard(L.Callback):
 
     def _check(self, trainer: L.Trainer) -> None:
         finite, self._finite = self._finite, None
-        if finite is not None and not bool(finite):
+        finite = True if finite is None else bool(finite)
+        if trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             raise Diverged(f"non-finite training loss by step {trainer.global_step}")
 
 
@@ -180,3 +184,13 @@ def alpha_heatmap(alpha: torch.Tensor, title: str = ""):
     ticks = [-limit, -0.5, -0.05, 0.0, 0.05, 0.5, limit]
     fig.colorbar(im, ax=ax, label="α (symlog)", ticks=ticks, format=FormatStrFormatter("%.2g"))
     return fig
+
+
+def sequences_in(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """Sequences of an (inputs, targets) batch (ThroughputMonitor's batch_size_fn)."""
+    return batch[0].size(0)
+
+
+def tokens_in(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """Tokens of an (inputs, targets) batch (ThroughputMonitor's length_fn)."""
+    return batch[0].numel()

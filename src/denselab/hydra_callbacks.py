@@ -42,6 +42,11 @@ def pin_sweep_dir(config: DictConfig) -> str:
     return sweep_dir
 
 
+# The override lists of the jobs this process's sweep validated before starting any: train.py does not
+# check them a second time (composing and checking a config takes about as long as a toy run).
+VALIDATED_JOBS: set[tuple[str, ...]] = set()
+
+
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         pin_sweep_dir(config)
@@ -49,6 +54,7 @@ class SweepCallback(Callback):
         for n, job in enumerate(jobs):
             try:
                 validate_config(compose(config_name=config.hydra.job.config_name, overrides=job), job)
+                VALIDATED_JOBS.add(tuple(job))
             except (ConfigError, HydraException) as e:
                 print(f"error: job {n} ({' '.join(job)}): {e}".splitlines()[0], file=sys.stderr)
                 print(f"[denselab] none of the {len(jobs)} jobs was started", file=sys.stderr)

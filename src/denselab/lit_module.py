@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import grad_norm
 from torchmetrics import MeanMetric
 
 from denselab.optim import build_optimizer, lr_factor, warmup_steps_for
@@ -22,19 +23,31 @@ class LanguageModel(L.LightningModule):
         optim: the `optim` config group as a dict (see `conf/optim/adamw.yaml`).
         max_steps: optimiser steps of the whole run (for the schedule).
         config: the resolved run config; stored in every checkpoint ("denselab_config").
+        flops_per_token: training FLOPs per token (plan.py), for the MFU that ThroughputMonitor logs.
     """
 
-    def __init__(self, net: torch.nn.Module, optim: dict[str, Any], max_steps: int, config: dict | None = None):
+    def __init__(self, net: torch.nn.Module, optim: dict[str, Any], max_steps: int, config: dict | None = None,
+                 flops_per_token: float | None = None):
         super().__init__()
         self.net = net
         self.config = config  # the run's resolved config, saved in checkpoints to rebuild the model
         self.optim_cfg = dict(optim)
         self.max_steps = max_steps
-        self.val_loss = MeanMetric()  # token-weighted mean of the fp32 cross-entropy
+        self.val_loss = MeanMetric()  # token-weighted mean of the fp32 cross-entropy, over every rank
         self.eval_prefix = "val"  # "final_val" for the full pass at the end
         self.last_eval: dict[str, float] = {}
         self.best_val_loss = math.inf  # kept in checkpoints, so a resumed run reports the whole run
         self.mixing_params = [p for _, p in net.parameter_groups()["dwa"]]
+        self.flops_per_token = flops_per_token
+        self._batch_tokens = 0  # tokens of the last micro-batch on this device
+
+    @property
+    def flops_per_batch(self) -> float | None:
+        """FLOPs of this device's last batch (Lightning's ThroughputMonitor reads it to log MFU): forward
+        and backward while training, the forward (a third) while evaluating."""
+        if self.flops_per_token is None:
+            return None
+        return self.flops_per_token * self._batch_tokens * (1.0 if self.training else 1.0 / 3.0)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.net(idx)
@@ -47,8 +60,11 @@ class LanguageModel(L.LightningModule):
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        self._batch_tokens = x.numel()
         loss = self.cross_entropy(self.net(x), y)
-        self.log("train/loss", loss, prog_bar=True)
+        # On several devices the logged loss is the mean over the ranks' slices (equal sizes), i.e. the
+        # loss of the micro-batch's global slice, as one device would have logged it.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -57,10 +73,15 @@ class LanguageModel(L.LightningModule):
         if self.global_step < self.optim_cfg.get("dwa_start_step", 0):
             for p in self.mixing_params:
                 p.grad = None
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # the whole model's gradient norm, before clipping
+            norms = grad_norm(self.net, norm_type=2)
+            if norms:
+                self.log("train/grad_norm", norms["grad_2.0_norm_total"])
 
     # -- validation -------------------------------------------------------------------------------
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
+        self._batch_tokens = x.numel()
         self.val_loss.update(self.cross_entropy(self.net(x), y), weight=y.numel())
 
     def on_validation_epoch_end(self) -> None:

@@ -9,7 +9,8 @@ same command again resumes it.
 SIGTERM: Lightning's own handler notes it and raises `SIGTERMException` at the next batch boundary,
 and `OnExceptionCheckpoint` saves the checkpoint; train.py turns that into the exit status.
 SIGUSR1: outside SLURM nothing handles it (its default action kills the process with no checkpoint),
-so `StopOnSignal` does the same as Lightning does for SIGTERM. On SLURM, Lightning's
+so `StopOnSignal` does the same as Lightning does for SIGTERM, and for SIGUSR2, which submitit
+(hydra/launcher=slurm) asks SLURM to send and handles by requeueing the job. On SLURM, Lightning's
 `SLURMEnvironment(auto_requeue=True)` (the environment it picks by itself there) installs a SIGUSR1
 handler that saves `hpc_ckpt_<n>.ckpt` and requeues the job with `scontrol requeue` — but only when no
 other handler is there yet. So `StopOnSignal` installs its handler once training has started, after
@@ -60,12 +61,19 @@ class StopOnSignal(L.Callback):
         self.received = signum  # nothing else here: see the module docstring
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.received is None:
+        if trainer.world_size > 1:  # stop together: a rank that stopped alone would hang the others
+            if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+                return
+            self.received = self.received or self.signals[0]
+        elif self.received is None:
             return
         log.info("Received %s: stopping at this batch boundary", signal.Signals(self.received).name)
         previous = self._replaced.get(self.received)
-        if callable(previous):  # e.g. Lightning's SLURM requeue handler: hpc checkpoint, scontrol requeue
-            previous(self.received, None)
+        if callable(previous):  # Lightning's SLURM requeue handler (hpc checkpoint, scontrol requeue), submitit's
+            try:
+                previous(self.received, None)
+            except SystemExit:  # submitit's exits once it has requeued the job; the run stops here instead
+                pass
         raise Preempted(self.received)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

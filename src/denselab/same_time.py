@@ -10,12 +10,14 @@ own sweep folder for the completed run with those settings and the same seed, an
 bps being training batches per second measured the same way (`denselab.speed`, forward + backward
 of a micro-batch) on the same machine: the step count whose training time equals the reference's,
 rounded up ("always more than" the reference, as in the paper). A resumed run keeps the count it
-chose first, so its configuration does not change between restarts.
+chose first, so its configuration does not change between restarts. On several devices rank 0 measures
+and the others take its count from the config.yaml it writes, so that every rank trains as many steps.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from denselab.config import ConfigError
 from denselab.io import read_json
+from denselab.ranks import global_rank, say
 from denselab.speed import batches_per_second
+
+RANK_ZERO_WAIT_S = 3600  # how long the other ranks wait for rank 0's measurement
 
 
 def reference_run(sweep_dir: Path, selector: dict[str, Any], seed: int) -> dict:
@@ -67,8 +72,18 @@ def resolve_steps(cfg: DictConfig, out: Path, net: torch.nn.Module, vocab_size: 
     if not cfg.get("match_train_time_of"):
         return None
     first = out / "config.yaml"
+    if global_rank() != 0:
+        _wait_for(first)
     chosen = {"steps": OmegaConf.load(first).steps} if first.is_file() else steps_for_same_train_time(cfg, out, net, vocab_size)
     with open_dict(cfg):
         cfg.steps = int(chosen["steps"])
-    print(f"[denselab] same training time as {dict(cfg.match_train_time_of)}: {cfg.steps} steps")
+    say(f"[denselab] same training time as {dict(cfg.match_train_time_of)}: {cfg.steps} steps")
     return chosen
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + RANK_ZERO_WAIT_S
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: rank 0 did not write it within {RANK_ZERO_WAIT_S} s")
+        time.sleep(1.0)

@@ -15,6 +15,9 @@ stops a run early into its status in metrics.json and the process exit status:
 
 Re-running the same command resumes an interrupted (or killed) run from its newest loadable
 checkpoint and skips a completed or diverged one; `ckpt_path=null` starts it afresh.
+
+On several devices every rank runs these steps; only rank 0 locks the folder, writes the record and
+prints (see ranks.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import sys
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +47,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from denselab.callbacks import Diverged, MixingParameterLogger, TrainTimer
-from denselab.checkpoints import CKPT_DIR, remove_partial_saves, resumable_checkpoint, run_checkpoints, unloadable_reason
+from denselab.checkpoints import (CKPT_DIR, newest_loadable, remove_partial_saves, resumable_checkpoint, run_checkpoints,
+                                  unloadable_reason)
 from denselab.config import (NOT_TRAINING, NOT_TRAINING_NESTED, SHORTHANDS, ConfigError, changed_keys,
                              training_fingerprint, used_shorthands, validate_config)
 from denselab.aggregate import read_metrics
@@ -52,9 +56,11 @@ from denselab.data import instantiate_datamodule
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info
 from denselab.lit_module import LanguageModel
 from denselab.models import build_model, count_parameters, padded_vocab_size
+from denselab.plan import model_flops_per_token
 from denselab.preemption import Preempted
+from denselab.ranks import announce_run_dir_to_children, distributed_job, global_rank, say
 from denselab.run_lock import RunLocked, run_lock
-from denselab.same_time import resolve_steps
+from denselab.same_time import resolve_steps, training_device
 from denselab.speed import batches_per_second
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,8 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).
 # resolve_checkpoint already chose the checkpoint to resume (or moved old ones aside for a fresh start).
 warnings.filterwarnings("ignore", message=".*was called without a model. The last model.*")
 warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
+# On several devices: the validation numbers logged are already the mean over every rank (MeanMetric).
+warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\('(final_)?val/.*sync_dist=True.*")
 
 PAPER_KEYS = ("depth", "width", "seq_len", "batch_size", "steps", "lr", "dwa_start_step")  # hparams at a scale
 FINISHED = ("completed", "diverged")  # statuses a re-run skips (ckpt_path=null trains them again)
@@ -82,6 +90,7 @@ class Job:
     sweep_dir: Path | None = None
     record: dict[str, Any] = field(default_factory=dict)  # metrics.json as this attempt last wrote it
     trainer: L.Trainer | None = None
+    rank: int = 0  # of this process among the run's devices; rank 0 writes and prints
 
     @property
     def step(self) -> int:
@@ -96,7 +105,7 @@ class Job:
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         return cls(out=Path(cfg.paths.output_dir), overrides=list(hc.overrides.task), multirun=multirun,
-                   sweep_dir=Path(hc.sweep.dir) if multirun else None)
+                   sweep_dir=Path(hc.sweep.dir) if multirun else None, rank=global_rank())
 
 
 # -------------------------------------------------------------------------------------------------
@@ -107,9 +116,9 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra task function; returns the run's record (None when a sweep job failed)."""
     _route_lightning_logs()
     job = Job.from_hydra(cfg)
-    with recorded_outcome(cfg, job):
+    with recorded_outcome(cfg, job), distributed_job():
         check_config(cfg, job)
-        with run_lock(job.out):
+        with run_lock(job.out) if job.rank == 0 else nullcontext():
             finished = finished_record(cfg, job)
             if finished is not None:
                 return finished
@@ -120,18 +129,24 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
             start_record(cfg, job, datamodule, params, vocab_size, same_time)
             trainer, module = build_trainer(cfg, net)
             job.trainer = trainer
-            ckpt_path = resolve_checkpoint(cfg, job.out)
+            ckpt_path = resolve_checkpoint(cfg, job.out, job.rank)
             t0 = time.perf_counter()
             fit(trainer, module, datamodule, ckpt_path, job.out)
             final = final_evaluation(trainer, module, datamodule, cfg.data.seq_len)
+            if job.rank != 0:
+                return None
             return write_record(cfg, job, trainer, module, net, final, vocab_size, wall_time_s=time.perf_counter() - t0)
     return None
 
 
 def check_config(cfg: DictConfig, job: Job) -> None:
-    """Every setting, and an explicit ckpt_path, is checked before any compute."""
+    """Every setting, and an explicit ckpt_path, is checked before any compute (a sweep's jobs were
+    checked together before the first one started)."""
+    from denselab.hydra_callbacks import VALIDATED_JOBS
+
     try:
-        validate_config(cfg, job.overrides)
+        if tuple(job.overrides) not in VALIDATED_JOBS:
+            validate_config(cfg, job.overrides)
     except InterpolationResolutionError as e:  # a resolver refused a value (e.g. a scaled batch)
         raise ConfigError(str(e.__cause__ or e).splitlines()[0]) from None
     if cfg.ckpt_path not in (None, "last"):
@@ -144,17 +159,17 @@ def finished_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
     """The record of a run this folder already finished (completed or diverged), which a re-run skips."""
     previous, unreadable = read_metrics(job.metrics_path)
     if unreadable and job.metrics_path.exists():
-        print(f"[denselab] {job.metrics_path}: {unreadable.removeprefix('metrics.json: ')}; "
+        say(f"[denselab] {job.metrics_path}: {unreadable.removeprefix('metrics.json: ')}; "
               "it is replaced by this run's record")
     if not previous or cfg.ckpt_path != "last":
         return None
     _check_same_training(cfg, job.out, previous)
     if previous.get("status") == "completed":
-        print(f"[denselab] {job.out} already completed (final val ppl {previous['final_val_ppl']:.3f}); "
+        say(f"[denselab] {job.out} already completed (final val ppl {previous['final_val_ppl']:.3f}); "
               "skipping. Pass ckpt_path=null to train it again.")
         return previous
     if previous.get("status") == "diverged":
-        print(f"[denselab] {job.out} diverged before ({previous.get('error')}); skipping. "
+        say(f"[denselab] {job.out} diverged before ({previous.get('error')}); skipping. "
               "Pass ckpt_path=null to train it again (with a lower lr, say).")
         return previous
     return None
@@ -162,10 +177,18 @@ def finished_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
 
 def set_up_torch(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.get("matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.matmul_precision)
+    precision = cfg.get("matmul_precision")
+    if precision == "auto":
+        precision = "high" if on_cuda(cfg) else None  # TF32 matmuls for the fp32 parts on GPUs that have them
+    if precision:
+        torch.set_float32_matmul_precision(precision)
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
+
+
+def on_cuda(cfg: DictConfig) -> bool:
+    """Whether the run trains on CUDA GPUs (what the `auto` settings of compile and matmul_precision ask)."""
+    return training_device(str(cfg.trainer.accelerator)).type == "cuda"
 
 
 def prepare_data(cfg: DictConfig) -> L.LightningDataModule:
@@ -179,19 +202,21 @@ def prepare_data(cfg: DictConfig) -> L.LightningDataModule:
 def build(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[torch.nn.Module, int, dict[str, int]]:
     vocab_size = padded_vocab_size(datamodule.vocab_size, cfg.model.vocab_multiple)
     net = build_model(cfg.model, vocab_size)
-    if cfg.get("compile"):
+    if cfg.get("compile") is True or (cfg.get("compile") == "auto" and on_cuda(cfg)):
         # In place (nn.Module.compile), so parameter names and checkpoints are those of the eager model.
         net.compile()
-        print("[denselab] compile=true: the model runs through torch.compile (the first steps compile it)")
+        say(f"[denselab] compile={cfg.compile}: the model runs through torch.compile (the first steps compile it)")
     params = count_parameters(net)
-    print(f"[denselab] model={cfg.model.name}: {params['total']:,} parameters "
+    say(f"[denselab] model={cfg.model.name}: {params['total']:,} parameters "
           f"({params['dwa']:,} depth-mixing, {params['embedding']:,} in the tied embedding), vocab {vocab_size:,}")
     return net, vocab_size, params
 
 
 def start_record(cfg: DictConfig, job: Job, datamodule: L.LightningDataModule, params: dict[str, int],
                  vocab_size: int, same_time: dict[str, Any] | None) -> None:
-    """config.yaml and a `running` metrics.json, before training starts."""
+    """config.yaml and a `running` metrics.json, before training starts (rank 0)."""
+    if job.rank != 0:
+        return
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_text(job.out / "config.yaml", OmegaConf.to_yaml(resolved))
     job.record = {
@@ -216,7 +241,8 @@ def start_record(cfg: DictConfig, job: Job, datamodule: L.LightningDataModule, p
 
 def build_trainer(cfg: DictConfig, net: torch.nn.Module) -> tuple[L.Trainer, LanguageModel]:
     module = LanguageModel(net, OmegaConf.to_container(cfg.optim, resolve=True), max_steps=cfg.trainer.max_steps,
-                           config=OmegaConf.to_container(cfg, resolve=True))
+                           config=OmegaConf.to_container(cfg, resolve=True),
+                           flops_per_token=model_flops_per_token(net, cfg.data.seq_len))
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -224,16 +250,22 @@ def build_trainer(cfg: DictConfig, net: torch.nn.Module) -> tuple[L.Trainer, Lan
     return trainer, module
 
 
-def resolve_checkpoint(cfg: DictConfig, out: Path) -> str | None:
+def resolve_checkpoint(cfg: DictConfig, out: Path, rank: int = 0) -> str | None:
     """What fit starts from: ckpt_path=last → the newest checkpoint of the run folder that loads
     (damaged ones are moved to a damaged/ folder beside them, temp files of killed saves removed);
-    ckpt_path=null → nothing (the run folder's checkpoints are moved aside first); else that file."""
+    ckpt_path=null → nothing (the run folder's checkpoints are moved aside first); else that file.
+    Only rank 0 moves or removes files; the other ranks pick the same newest loadable checkpoint."""
+    if rank != 0:
+        if cfg.ckpt_path == "last":
+            found = newest_loadable(run_checkpoints(out), set_damaged_aside=False)
+            return str(found[0]) if found is not None else None
+        return None if cfg.ckpt_path is None else str(cfg.ckpt_path)
     if cfg.ckpt_path == "last":
         found = resumable_checkpoint(out)
         if found is None:
             return None
         path, step = found
-        print(f"[denselab] resuming from step {step}: {path}")
+        say(f"[denselab] resuming from step {step}: {path}")
         return str(path)
     if cfg.ckpt_path is None:
         old = run_checkpoints(out)
@@ -243,9 +275,9 @@ def resolve_checkpoint(cfg: DictConfig, out: Path) -> str | None:
             for path in old:
                 path.rename(aside / path.name)
             remove_partial_saves(out / CKPT_DIR)
-            print(f"[denselab] ckpt_path=null: starting afresh; the earlier checkpoints are now in {aside}")
+            say(f"[denselab] ckpt_path=null: starting afresh; the earlier checkpoints are now in {aside}")
         return None
-    print(f"[denselab] starting from {cfg.ckpt_path}")
+    say(f"[denselab] starting from {cfg.ckpt_path}")
     return str(cfg.ckpt_path)
 
 
@@ -256,6 +288,7 @@ def fit(trainer: L.Trainer, module: LanguageModel, datamodule: L.LightningDataMo
     A stop from outside leaves fit after InterruptCheckpoint saved interrupted.ckpt, as SIGTERMException
     (Lightning's, for SIGTERM), Preempted (StopOnSignal's, for SIGUSR1) or, for Ctrl-C, Lightning's
     sys.exit(1), which is turned back into the KeyboardInterrupt it was; recorded_outcome takes it from there."""
+    announce_run_dir_to_children(out, trainer)  # several devices on one machine: Lightning starts them in fit
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit as e:
@@ -267,11 +300,11 @@ def fit(trainer: L.Trainer, module: LanguageModel, datamodule: L.LightningDataMo
 
 def final_evaluation(trainer: L.Trainer, module: LanguageModel, datamodule: L.LightningDataModule,
                      seq_len: int) -> dict[str, Any]:
-    """The reported number: one pass over the validation split in non-overlapping windows."""
+    """The reported number: one pass over the validation split in non-overlapping windows (on several
+    devices each rank evaluates every R-th window, and the token-weighted mean is taken over all)."""
     module.eval_prefix = "final_val"
-    loader = datamodule.final_val_dataloader()
-    trainer.validate(module, dataloaders=loader, verbose=False)
-    return {**module.last_eval, "tokens": len(loader.dataset) * seq_len}
+    trainer.validate(module, dataloaders=datamodule.final_val_dataloader(), verbose=False)
+    return {**module.last_eval, "tokens": datamodule.final_val_windows_count() * seq_len}
 
 
 def write_record(cfg: DictConfig, job: Job, trainer: L.Trainer, module: LanguageModel, net: torch.nn.Module,
@@ -291,6 +324,7 @@ def write_record(cfg: DictConfig, job: Job, trainer: L.Trainer, module: Language
         status="completed",
         finished_at=datetime.now(timezone.utc).isoformat(),
         steps=trainer.global_step,
+        devices=trainer.world_size,
         tokens=tokens,
         train_time_s=train_time,
         tokens_per_s=tokens / train_time if train_time else None,
@@ -356,7 +390,7 @@ def recorded_outcome(cfg: DictConfig, job: Job) -> Iterator[None]:
         FAILED_ATTEMPTS.append(str(job.out))
     except Diverged as e:
         _record(job, cfg, "diverged", e, steps=job.step)
-        print(f"[denselab] diverged: {e}. Its NaN weights were not checkpointed; metrics.json says "
+        say(f"[denselab] diverged: {e}. Its NaN weights were not checkpointed; metrics.json says "
               "'diverged'; a re-run skips it, ckpt_path=null trains it again.", file=sys.stderr)
         if not job.multirun:
             raise SystemExit(1) from None
@@ -364,7 +398,7 @@ def recorded_outcome(cfg: DictConfig, job: Job) -> Iterator[None]:
         signum = e.signum if isinstance(e, Preempted) else signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT
         name = signal.Signals(signum).name
         _record(job, cfg, "interrupted", RuntimeError(f"stopped by {name}"), steps=job.step)
-        print(f"[denselab] interrupted by {name} at step {job.step}"
+        say(f"[denselab] interrupted by {name} at step {job.step}"
               f"{'; checkpoint saved' if job.trainer is not None else ''}: run the same command again to resume",
               file=sys.stderr)
         if job.multirun and job.sweep_dir is not None:
@@ -384,7 +418,9 @@ FAILED_ATTEMPTS: list[str] = []
 
 def _record(job: Job, cfg: DictConfig, status: str, error: BaseException, steps: int | None = None) -> None:
     """Write the early end of this attempt into metrics.json, unless the folder holds a finished run:
-    a completed (or diverged) record is never overwritten by a later attempt that failed."""
+    a completed (or diverged) record is never overwritten by a later attempt that failed. Rank 0's to write."""
+    if job.rank != 0:
+        return
     record = job.record or read_metrics(job.metrics_path)[0] or {}
     if record.get("status") in FINISHED and not job.record:
         log.error("%s: this attempt failed (%s: %s); its earlier %s record is kept", job.metrics_path,

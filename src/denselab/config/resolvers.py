@@ -49,11 +49,18 @@ def sweep_dirname(name: str | None, overrides: Iterable[str], exclude_keys: Iter
 # ---------------------------------------------------------------------------------------------
 
 
-def micro_batch(batch_size: int, accumulate: int) -> int:
-    """Sequences per micro-batch, so that `accumulate` micro-batches make one optimiser batch."""
-    if batch_size % accumulate:
-        raise ConfigError(f"batch_size={batch_size}: allowed multiples of trainer.accumulate_grad_batches={accumulate}")
-    return batch_size // accumulate
+def micro_batch(batch_size: int, accumulate: int, devices: int = 1, num_nodes: int = 1) -> int:
+    """Sequences per micro-batch on one device: `batch_size` (the global batch of an optimiser step)
+    split over `accumulate` micro-batches on each of `devices` × `num_nodes` devices."""
+    for key, value in (("trainer.devices", devices), ("trainer.num_nodes", num_nodes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key}={value}: allowed integers >= 1 (the global batch is split over the devices, "
+                              "so their number must be known before training)")
+    shards = accumulate * devices * num_nodes
+    if batch_size % shards:
+        raise ConfigError(f"batch_size={batch_size}: allowed multiples of trainer.accumulate_grad_batches × "
+                          f"trainer.devices × trainer.num_nodes = {accumulate} × {devices} × {num_nodes} = {shards}")
+    return batch_size // shards
 
 
 def scaled(value: float, divisor: float, minimum: int = 1) -> int:

@@ -29,6 +29,9 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
 # numpy's seeds, and so Lightning's `seed_everything`, are unsigned 32-bit integers; anything else fails
 # (or, for a string of digits, is silently converted) only once the run is being set up.
 SEED_RANGE = range(0, 2**32)
+# Data parallel only: every device holds the whole model and trains its slice of each global batch
+# (trainer.devices > 1 with `auto` is Lightning's DDP too). Sharded strategies are not wired or tested.
+STRATEGIES = ("auto", "ddp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +169,15 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     if seq_len is not None and max_seq_len is not None and seq_len > max_seq_len:
         raise _fail(cfg, "data.seq_len", seq_len, f"<= model.net.max_seq_len={max_seq_len}")
     accumulate = _require(cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    devices = _require(cfg, "trainer.devices", lambda v: _is_int(v) and v >= 1,
+                       "integers >= 1 (the global batch is split over the devices, so their number must be known)")
+    nodes = _require(cfg, "trainer.num_nodes", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, "trainer.strategy", lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}")
     batch = _require(cfg, "batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1 (sequences per optimiser step)")
-    if batch is not None and accumulate is not None and batch % accumulate:
-        raise _fail(cfg, "batch_size", batch, f"multiples of trainer.accumulate_grad_batches={accumulate}")
+    shards = (accumulate or 1) * (devices or 1) * (nodes or 1)
+    if batch is not None and batch % shards:
+        raise _fail(cfg, "batch_size", batch, f"multiples of trainer.accumulate_grad_batches × trainer.devices × "
+                    f"trainer.num_nodes = {accumulate or 1} × {devices or 1} × {nodes or 1} = {shards}")
     _require(cfg, "data.batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     _require(cfg, "data.num_proc", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     for key in ("data.val_windows", "data.final_val_windows"):
@@ -217,7 +226,9 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     _require(cfg, "speed.warmup", lambda v: _is_int(v) and v >= 0, "integers >= 0")
     _require(cfg, "num_threads", lambda v: v is None or (_is_int(v) and v >= 1), "null or integers >= 1")
     _require(cfg, "ckpt_path", lambda v: v is None or isinstance(v, str), "null (fresh start), 'last' or a .ckpt path")
-    _require(cfg, "compile", lambda v: isinstance(v, bool), "true or false")
+    _require(cfg, "compile", lambda v: isinstance(v, bool) or v == "auto", "true, false or auto (on CUDA only)")
+    _require(cfg, "matmul_precision", lambda v: v in (None, "auto", "highest", "high", "medium"),
+             "auto, null, highest, high or medium")
 
     # Last, the model itself, built on the meta device (no memory, no compute): the constructors'
     # checks, and whether it has depth-mixing parameters at all.

@@ -1,9 +1,12 @@
 """LightningDataModule over a prepared token directory.
 
-Training reads random windows whose positions are a pure function of (seed, micro-batch index):
-every architecture trained with the same seed and batch shape sees the same batches in the same
-order, and a resumed run continues exactly where the interrupted one stopped. Validation reads
-fixed, non-overlapping windows: window w predicts tokens w·T+1 … w·T+T of the split.
+Training reads random windows whose positions are a pure function of (seed, optimiser step): the
+global batch of step n is the same whatever the number of devices and micro-batches it is split
+into, every architecture trained with the same seed and batch size sees the same batches in the same
+order, and a resumed run continues exactly where the interrupted one stopped. Each device (rank r of
+R) trains its slice of the global batch. Validation reads fixed, non-overlapping windows (window w
+predicts tokens w·T+1 … w·T+T of the split), every R-th one per rank, so the ranks together read each
+window once.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ def _open_tokens(path: Path) -> np.memmap:
 
 
 class TrainWindows(IterableDataset):
-    """Endless micro-batches of `batch_size` random windows of `seq_len + 1` tokens.
+    """Endless micro-batches of `batch_size` random windows of `seq_len + 1` tokens, for one rank.
 
-    Micro-batch n starts its windows at `default_rng([seed, n]).integers(0, N - seq_len, batch_size)`.
+    Optimiser step n draws its global batch of B = batch_size · accumulate · world_size windows at
+    `default_rng([seed, n]).integers(0, N - seq_len, B)`, in the order (micro-batch a, rank r, window);
+    micro-batch a of step n on rank r is the slice [(a·world_size + r)·batch_size, … + batch_size).
+    With one device and no accumulation, micro-batch n is step n's whole batch.
 
     Reading: the bin is mapped with readahead off (MADV_RANDOM) — a window spans one or two pages, and
     the kernel's readahead would otherwise read megabytes around each one (8 MB per window on the
@@ -43,8 +49,10 @@ class TrainWindows(IterableDataset):
     window (benchmarks/README.md: 64 ms → 0.46 ms for 16 cold windows on the reference VM).
     """
 
-    def __init__(self, path: Path, seq_len: int, batch_size: int, seed: int, start: int = 0):
+    def __init__(self, path: Path, seq_len: int, batch_size: int, seed: int, start: int = 0, accumulate: int = 1,
+                 rank: int = 0, world_size: int = 1):
         self.path, self.seq_len, self.batch_size, self.seed, self.start = path, seq_len, batch_size, seed, start
+        self.accumulate, self.rank, self.world_size = accumulate, rank, world_size
         self._map: mmap.mmap | None = None
         self._tokens: np.ndarray | None = None
 
@@ -65,10 +73,15 @@ class TrainWindows(IterableDataset):
             self._map.madvise(mmap.MADV_WILLNEED, first, (start + self.seq_len + 1) * itemsize - first)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch n of this rank: inputs and next-token targets, (batch_size, seq_len) each."""
         if self._tokens is None:  # opened lazily: a mapping does not travel to worker processes
             self._open()
         tokens = self._tokens
-        starts = np.random.default_rng([self.seed, n]).integers(0, len(tokens) - self.seq_len, self.batch_size)
+        step, micro = divmod(n, self.accumulate)
+        global_batch = self.batch_size * self.accumulate * self.world_size
+        first = (micro * self.world_size + self.rank) * self.batch_size
+        starts = np.random.default_rng([self.seed, step]).integers(0, len(tokens) - self.seq_len, global_batch)
+        starts = starts[first : first + self.batch_size]
         self._request(starts)
         windows = tokens[starts[:, None] + np.arange(self.seq_len + 1)].astype(np.int64)  # (B, T + 1)
         windows = torch.from_numpy(windows)
@@ -109,7 +122,8 @@ class TokenDataModule(L.LightningDataModule):
     Args:
         source: a corpus object (`corpus.PythonStdlib`, `corpus.TextFiles`, `hub.HubDataset`).
         tokenizer: 'byte' or 'gpt2'.
-        seq_len, batch_size: window length T and windows per micro-batch.
+        seq_len, batch_size: window length T and windows per micro-batch on one device (the global
+            batch of a step is batch_size × accumulation × devices, conf/data/_tokens.yaml).
         seed: the data-order seed (the run's seed).
         cache_dir: where prepared directories live.
         num_proc: tokenization worker processes (`datasets.map`).
@@ -174,21 +188,37 @@ class TokenDataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
 
+    def _rank(self) -> tuple[int, int]:
+        """(this process's rank, number of ranks): (0, 1) outside a Trainer or on one device."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         start = self._micro_batches_done()  # the checkpoint is restored before this is called
         if start:
             log.info("Resuming the data stream at micro-batch %d", start)
-        windows = TrainWindows(self.directory / "train.bin", self.seq_len, self.batch_size, self.seed, start)
+        rank, world_size = self._rank()
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        windows = TrainWindows(self.directory / "train.bin", self.seq_len, self.batch_size, self.seed, start,
+                               accumulate=accumulate, rank=rank, world_size=world_size)
         return DataLoader(windows, batch_size=None)
 
     def val_windows_loader(self, limit: int | None) -> DataLoader:
-        """Fixed non-overlapping validation windows: all of them, or `limit` evenly spaced ones."""
+        """Fixed non-overlapping validation windows: all of them, or `limit` evenly spaced ones; on R
+        ranks, every R-th of them (no padding: the token-weighted mean over ranks is the one-device one)."""
         total = ValWindows.count(self.meta["tokens"]["val"], self.seq_len)
         if limit is None or limit >= total:
             ids = np.arange(total)
         else:  # a fixed, evenly spaced subset: the same windows at every validation
             ids = np.linspace(0, total - 1, num=limit).round().astype(np.int64)
-        return DataLoader(ValWindows(self.directory / "val.bin", self.seq_len, ids), batch_size=self.eval_batch_size)
+        rank, world_size = self._rank()
+        return DataLoader(ValWindows(self.directory / "val.bin", self.seq_len, ids[rank::world_size]),
+                          batch_size=self.eval_batch_size)
+
+    def final_val_windows_count(self) -> int:
+        """Windows of the final evaluation over all ranks."""
+        total = ValWindows.count(self.meta["tokens"]["val"], self.seq_len)
+        return total if self.final_val_windows is None else min(self.final_val_windows, total)
 
     def val_dataloader(self) -> DataLoader:
         return self.val_windows_loader(self.val_windows)

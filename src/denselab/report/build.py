@@ -218,6 +218,7 @@ def write_readme(name: str, folder: Path) -> Path:
     if source:
         lines += [f"It draws on the runs of `{source}` (the same sweep folder): runs `{source}` already "
                   "trained are reused, the missing ones are trained first.", ""]
+    lines += _gpu_cost_lines(name, source)
     lines += ["## Results by scale", "",
               "Every file below is written by `denselab.report` from the runs' metrics.json and checkpoints; "
               "none is edited by hand. Wall time: from the first run's start to the last run's end of the sweep "
@@ -239,6 +240,24 @@ def write_readme(name: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _gpu_cost_lines(name: str, source: str | None) -> list[str]:
+    """The README's GPU bill, from experiments/gpu_hours.csv (`python -m denselab.plan --all`)."""
+    from denselab.plan import COSTS_CSV
+
+    lines = ["## On GPUs", ""]
+    costs = pd.read_csv(COSTS_CSV, comment="#") if COSTS_CSV.is_file() else None
+    rows = costs[costs["experiment"] == name] if costs is not None else []
+    if len(rows) == 0:
+        return lines + [f"`make plan E={name} SCALE=paper` lists its jobs and their GPU-hours.", ""]
+    mfu, peak = rows.iloc[0]["mfu"], rows.iloc[0]["peak_tflops"]
+    lines += [f"GPU-hours of the whole sweep at MFU {mfu:g} of {peak:g} TFLOP/s (an H100 in bf16), from the models' "
+              f"FLOPs per token (`make plan E={name} SCALE=<scale>` lists the jobs and which are done"
+              + (f"; the runs shared with `{source}` are only trained once" if source else "") + "):", "",
+              "| scale | jobs | GPU-hours |", "| --- | --- | --- |"]
+    lines += [f"| {r.scale} | {r.jobs} | {r.gpu_hours:,.1f} |" for r in rows.itertuples()]
+    return lines + [""]
 
 
 def write_index(folder: Path) -> Path:

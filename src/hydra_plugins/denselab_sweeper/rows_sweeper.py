@@ -10,6 +10,10 @@ over a row's value of the same key), and the jobs of all rows run in one multiru
           - {model: denseformer, paper.depth: 48, dilation: "1,4"}
         params: {seed: "0,1"}
 
+Jobs that read another job's result (`match_train_time_of`: Table 2, Fig. 3c) run in a second phase,
+after every other job has finished: under a launcher that runs jobs in parallel (submitit) the
+reference run is then complete when they start.
+
 Kept free of torch imports: Hydra imports every plugin at start-up.
 """
 
@@ -44,6 +48,20 @@ def expand_rows(rows: Sequence[Mapping[str, Any]], arguments: Sequence[str]) -> 
     return jobs
 
 
+# Overrides whose job reads the finished run of another job of the sweep.
+DEPENDENT_KEYS = ("match_train_time_of",)
+
+
+def phases(jobs: list[list[str]]) -> list[list[list[str]]]:
+    """The jobs in the order of their dependencies: those that read no other job's run first, then
+    the ones that do; each phase in row order, empty phases left out."""
+    def dependent(job: list[str]) -> bool:
+        return any(override_key(o) in DEPENDENT_KEYS and o.split("=", 1)[1] != "null" for o in job)
+
+    ordered = [[j for j in jobs if not dependent(j)], [j for j in jobs if dependent(j)]]
+    return [phase for phase in ordered if phase]
+
+
 def _format(value: Any) -> str:
     """A row value in Hydra's override grammar (dicts as {k:v,...}, lists as [a,b])."""
     if value is None:
@@ -66,7 +84,8 @@ class RowsSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         jobs = expand_rows(self.rows, self._parse_config() + list(arguments))
-        self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        # one launch per phase (and per chunk of max_batch_size): a launch returns when its jobs are done
+        self.overrides = [chunk for phase in phases(jobs) for chunk in self.split_overrides_to_chunks(phase, self.max_batch_size)]
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
