@@ -212,7 +212,7 @@ def write_readme(name: str, folder: Path) -> Path:
     cfg = OmegaConf.load(CONF / "experiment" / f"{name}.yaml")
     source = OmegaConf.select(cfg, "report.source")
     lines = [f"# {name}", "", describe(name), "", "## Run it", "",
-             "```bash", f"make {name} SCALE=mini      # or smoke, paper (a GPU job); default mini",
+             "```bash", f"make {name} SCALE=mini      # or smoke; small, paper: GPU jobs; default mini",
              f".venv/bin/python run.py -m experiment={name} scale=mini   # the same, directly",
              f".venv/bin/python -m denselab.report experiment={name} scale=mini   # only redraw from the runs", "```", ""]
     if source:
