@@ -45,3 +45,14 @@ def run_cli(args: list[str], log_dir: Path, data_dir: Path, timeout: float = 300
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
+
+
+# pytest-xdist (pyproject's addopts: -n auto --dist loadfile) hands whole files to the workers in
+# collection order; the longest file goes first so that the workers end together rather than one
+# of them starting it last.
+LONGEST_FIRST = ("test_paper_experiments.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    first = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: the others keep their order

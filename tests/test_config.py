@@ -38,6 +38,11 @@ def test_default_config_is_valid():
     (["steps=0"], "steps=0: allowed integers >= 1 (trainer.max_steps)"),
     (["lr=-0.001"], "lr=-0.001: allowed a finite number > 0 (optim.lr)"),
     (["batch_size=10", "trainer.accumulate_grad_batches=4"], "batch_size=10: allowed multiples of trainer.accumulate_grad_batches=4"),
+    (["batch_size=10", "trainer.devices=4"], "batch_size=10: allowed multiples of trainer.accumulate_grad_batches × "
+     "trainer.devices × trainer.num_nodes = 1 × 4 × 1 = 4"),
+    (["trainer.devices=auto"], "trainer.devices='auto': allowed integers >= 1 (the global batch is split over the devices"),
+    (["trainer.strategy=fsdp"], "trainer.strategy='fsdp': allowed one of auto, ddp"),
+    (["compile=maybe"], "compile='maybe': allowed true, false or auto (on CUDA only)"),
     (["data.tokenizer=bpe"], "data.tokenizer='bpe': allowed one of byte, gpt2"),
     (["optim.warmup_fraction=1.5"], "optim.warmup_fraction=1.5: allowed 0 <= warmup_fraction < 1"),
     (["trainer.precision=8-bit"], "trainer.precision='8-bit': allowed one of 32-true"),

@@ -49,7 +49,7 @@ def scalar_events(run_dir: Path, tag: str) -> list:
 
 
 def test_job_writes_metrics_config_checkpoint_and_tensorboard(tmp_path, data_dir):
-    proc = run_cli(TINY, tmp_path, data_dir)
+    proc = run_cli([*TINY, "callbacks.throughput.window_size=2"], tmp_path, data_dir)  # 6 steps: rates from step 2
     run_dir = only_run_dir(tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["steps"] == 6

@@ -58,8 +58,10 @@ def micro_batch(batch_size: int, accumulate: int, devices: int = 1, num_nodes: i
                               "so their number must be known before training)")
     shards = accumulate * devices * num_nodes
     if batch_size % shards:
-        raise ConfigError(f"batch_size={batch_size}: allowed multiples of trainer.accumulate_grad_batches × "
-                          f"trainer.devices × trainer.num_nodes = {accumulate} × {devices} × {num_nodes} = {shards}")
+        allowed = (f"multiples of trainer.accumulate_grad_batches={accumulate}" if shards == accumulate else
+                   f"multiples of trainer.accumulate_grad_batches × trainer.devices × trainer.num_nodes = "
+                   f"{accumulate} × {devices} × {num_nodes} = {shards}")
+        raise ConfigError(f"batch_size={batch_size}: allowed {allowed}")
     return batch_size // shards
 
 

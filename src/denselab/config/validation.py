@@ -176,8 +176,10 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     batch = _require(cfg, "batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1 (sequences per optimiser step)")
     shards = (accumulate or 1) * (devices or 1) * (nodes or 1)
     if batch is not None and batch % shards:
-        raise _fail(cfg, "batch_size", batch, f"multiples of trainer.accumulate_grad_batches × trainer.devices × "
-                    f"trainer.num_nodes = {accumulate or 1} × {devices or 1} × {nodes or 1} = {shards}")
+        allowed = (f"multiples of trainer.accumulate_grad_batches={accumulate}" if shards == (accumulate or 1) else
+                   f"multiples of trainer.accumulate_grad_batches × trainer.devices × trainer.num_nodes = "
+                   f"{accumulate or 1} × {devices or 1} × {nodes or 1} = {shards}")
+        raise _fail(cfg, "batch_size", batch, allowed)
     _require(cfg, "data.batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     _require(cfg, "data.num_proc", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     for key in ("data.val_windows", "data.final_val_windows"):
