@@ -67,3 +67,34 @@ def test_table2_under_a_parallel_launcher_gives_the_transformer_the_denseformers
     assert transformer["status"] == dense["status"] == "completed"
     assert Path(transformer["same_train_time"]["reference_run"]) == Path(dense["run_dir"])
     assert transformer["same_train_time"]["reference_steps"] == dense["steps"]
+
+
+def test_submitits_sigusr2_requeues_and_the_run_stops_as_preempted():
+    """submitit (hydra/launcher=slurm) asks SLURM for SIGUSR2 before the time limit; its handler requeues
+    the job and exits. StopOnSignal calls it at the batch boundary and stops the run itself."""
+    import signal
+    from types import SimpleNamespace
+
+    from denselab.preemption import Preempted, StopOnSignal
+
+    requeued = []
+
+    def submitit_handler(signum, frame):  # what submitit's checkpoint_and_try_requeue ends with
+        requeued.append(signum)
+        raise SystemExit(-1)
+
+    before = signal.signal(signal.SIGUSR2, submitit_handler)
+    trainer = SimpleNamespace(world_size=1)
+    try:
+        stop = StopOnSignal(signals=("SIGUSR1", "SIGUSR2"))
+        stop.on_train_start(trainer, None)
+        stop.on_train_batch_end(trainer)  # no signal yet: training goes on
+        signal.raise_signal(signal.SIGUSR2)
+        assert requeued == []  # the handler only noted it: submitit's runs at the batch boundary
+        with pytest.raises(Preempted) as stopped:
+            stop.on_train_batch_end(trainer)
+        assert requeued == [signal.SIGUSR2] and stopped.value.signum == signal.SIGUSR2
+        stop.teardown(trainer, None, "fit")
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler
+    finally:
+        signal.signal(signal.SIGUSR2, before)
