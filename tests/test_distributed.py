@@ -81,3 +81,19 @@ def test_a_sweep_of_two_process_jobs_runs_each_job_once_and_aggregates(tmp_path,
     results = pd.read_csv(sweep_dir / "results.csv")
     assert sorted(results["hp.seed"]) == [0, 1] and set(results["status"]) == {"completed"}
     assert len(list(sweep_dir.glob("*/metrics.json"))) == 2 and not (tmp_path / "runs").exists()
+
+
+def test_a_process_lightning_starts_for_rank_1_runs_rank_0s_job_whatever_the_command_line():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from denselab.ranks import DDP_RUN_DIR_ENV, child_argv
+
+    sweep = ["run.py", "-m", "seed=0,1", "trainer=ddp"]
+    run_dir = "/logs/sweeps/s/batch_size=8,seed=1,it's"  # run folders hold '=' and ','
+    assert child_argv(sweep, {}) == sweep  # not started by Lightning for a job
+    assert child_argv(sweep, {DDP_RUN_DIR_ENV: run_dir, "LOCAL_RANK": "0"}) == sweep  # rank 0 itself
+    argv = child_argv(sweep, {DDP_RUN_DIR_ENV: run_dir, "LOCAL_RANK": "1"})
+    assert "-m" not in argv and argv[1:5] == ["--config-path", run_dir, "--config-name", "config"]
+    (run_dir_override,) = [a for a in argv if a.startswith("hydra.run.dir=")]
+    (parsed,) = OverridesParser.create().parse_overrides([run_dir_override])
+    assert parsed.value() == run_dir

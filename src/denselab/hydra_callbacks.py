@@ -13,7 +13,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from denselab.config import ConfigError, validate_config
+from denselab.config import ConfigError, hydra_quoted, validate_config
 from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
 
 
@@ -35,10 +35,9 @@ def pin_sweep_dir(config: DictConfig) -> str:
     folder travels as a hydra override.
     """
     sweep_dir = str(config.hydra.sweep.dir)
-    quoted = sweep_dir.replace("\\", "\\\\").replace("'", "\\'")
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.sweep.dir = sweep_dir
-        config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{quoted}'")
+        config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quoted(sweep_dir)}")
     return sweep_dir
 
 

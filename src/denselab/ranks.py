@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from denselab.config import hydra_quoted
+
 DDP_RUN_DIR_ENV = "DENSELAB_DDP_RUN_DIR"
 
 
@@ -38,11 +40,6 @@ def say(*args: Any, **kwargs: Any) -> None:
     """print(), on rank 0 only: a multi-device run prints its `[denselab]` lines once."""
     if is_rank_zero():
         print(*args, **kwargs)
-
-
-def hydra_quoted(value: str) -> str:
-    """A value Hydra's override parser reads back as this exact string (run folders hold '=' and ',')."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def child_argv(argv: list[str], environ: dict[str, str] | os._Environ = os.environ) -> list[str]:

@@ -11,12 +11,12 @@ anything else is imported from its own module.
 
 from denselab.config.errors import ConfigError
 from denselab.config.fingerprint import NOT_TRAINING, NOT_TRAINING_NESTED, changed_keys, training_fingerprint
-from denselab.config.resolvers import dirname, register_resolvers
+from denselab.config.resolvers import dirname, hydra_quoted, register_resolvers
 from denselab.config.validation import SHORTHANDS, check_group_choices, used_shorthands, validate_config
 
 __all__ = [
     "ConfigError",
     "NOT_TRAINING", "NOT_TRAINING_NESTED", "changed_keys", "training_fingerprint",
-    "dirname", "register_resolvers",
+    "dirname", "hydra_quoted", "register_resolvers",
     "SHORTHANDS", "check_group_choices", "used_shorthands", "validate_config",
 ]

@@ -39,6 +39,11 @@ def dirname(overrides: Iterable[str], exclude_keys: Iterable[str] = (), more_exc
     return name
 
 
+def hydra_quoted(value: str) -> str:
+    """`value` as a quoted override value that Hydra's parser reads back unchanged (run folders hold '=' and ',')."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def sweep_dirname(name: str | None, overrides: Iterable[str], exclude_keys: Iterable[str] = ()) -> str:
     """`name` when given, else `dirname` of the sweep's own (unexpanded) overrides."""
     return str(name) if name else dirname(overrides, exclude_keys)
