@@ -179,3 +179,16 @@ def test_delayed_dwa_keeps_alpha_at_identity_until_the_start_step():
     late = _fit(dwa_start_step=3)  # trained in the last step only
     assert not torch.equal(late.mixer.alpha_matrix(), torch.eye(4))
     assert (late.mixer.alpha_matrix() - torch.eye(4)).abs().max() < (trained.mixer.alpha_matrix() - torch.eye(4)).abs().max()
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_every_architecture_of_a_seed_starts_from_the_transformers_block_weights(name):
+    """The tables are paired: for a given seed every row starts from the same embedding and block
+    weights, its own mixing parameters at their init (whatever the mixer draws at construction)."""
+    torch.manual_seed(7)
+    transformer = build("transformer").state_dict()
+    torch.manual_seed(7)
+    ours = {k: v for k, v in build(name).state_dict().items() if not k.startswith("mixer.")}
+    assert ours.keys() == transformer.keys()
+    for key, value in ours.items():
+        assert torch.equal(value, transformer[key]), key

@@ -36,9 +36,18 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
 
 
 def build_model(model_cfg: DictConfig, vocab_size: int, device: str | torch.device | None = None) -> GPT:
-    """Instantiate `model_cfg.net` (a Hydra node) for an already padded vocabulary."""
+    """Instantiate `model_cfg.net` (a Hydra node) for an already padded vocabulary.
+
+    The mixer is built first with the random state forked, so that whatever it draws does not shift
+    the blocks' initialisation: for a given seed every architecture starts from the same embedding and
+    block weights (the paired design of the tables), its own mixing parameters at their init."""
     with torch.device(device) if device is not None else nullcontext():
-        return instantiate(model_cfg.net, vocab_size=vocab_size)
+        mixer_cfg = model_cfg.net.get("mixer")
+        if mixer_cfg is None:
+            return instantiate(model_cfg.net, vocab_size=vocab_size)
+        with torch.random.fork_rng(devices=[]):
+            mixer = instantiate(mixer_cfg)
+        return instantiate(model_cfg.net, vocab_size=vocab_size, mixer=mixer)
 
 
 def count_parameters(model: GPT) -> dict[str, int]:
