@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 import pytest
 
 from denselab.aggregate import aggregate, main
@@ -216,3 +217,41 @@ def test_readme_counts_diverged_runs_beside_the_failed_ones(tmp_path):
         {"scale": "mini", "completed": 22, "expected": 24, "failed": 0, "diverged": 2, "span_s": 60.0,
          "job_time_s": 60.0, "machines": ["cpu"], "commits": ["0123456789abcdef"], "files": []}))
     assert "| mini | 22 / 24 | 0 (+2 diverged) | 1.0 min |" in write_readme("table1", tmp_path / "table1").read_text()
+
+
+def rows_of(folder: Path, rows: dict[str, dict[int, float]]) -> list[Run]:
+    """Runs of several rows (model name → seed → final perplexity)."""
+    from denselab.report.runs import read_run
+
+    out = []
+    for model, seeds in rows.items():
+        for seed, ppl in seeds.items():
+            name = f"model={model},seed={seed}"
+            write(folder, name, completed(seed, ppl, hparams=HPARAMS | {"model": model, "seed": seed}))
+            out.append(read_run(folder / name, (f"model={model}",), str(seed)))
+    return out
+
+
+def test_each_row_gets_its_paired_difference_to_the_reference_row_with_a_95_percent_interval(tmp_path):
+    # seed effects shared by both rows (pairing removes them); the DenseFormer 0.2 below, ± 0.01
+    table = build_table(rows_of(tmp_path, {
+        "transformer": {0: 7.70, 1: 7.90, 2: 7.60},
+        "denseformer": {0: 7.51, 1: 7.69, 2: 7.40},
+        "skips_with_gains": {0: 7.60, 1: 8.00, 2: 7.65},   # no consistent difference
+        "last_k": {5: 7.0, 6: 7.3},                        # no seed in common: Welch's t
+        "connect_to_last": {0: 7.0},                       # one seed: no interval
+    }), None, ["model"]).set_index("model")
+    ref = table.loc["transformer"]
+    assert pd.isna(ref["diff_ppl"]) and pd.isna(ref["diff_reference"])
+    dense = table.loc["denseformer"]
+    assert dense["diff_reference"] == "Transformer 48" and dense["diff_test"] == "paired t" and dense["diff_n"] == 3
+    assert dense["diff_ppl"] == pytest.approx(-0.2, abs=1e-9)
+    assert dense["diff_ppl_ci95_low"] < -0.2 < dense["diff_ppl_ci95_high"] < 0 and dense["diff_resolved"]
+    # unpaired, the same numbers would not resolve it: the seed spread (0.15) swamps 0.2 at n = 3
+    unpaired = stats.ttest_ind([7.51, 7.69, 7.40], [7.70, 7.90, 7.60], equal_var=False).confidence_interval(0.95)
+    assert unpaired.low < 0 < unpaired.high
+    skips = table.loc["skips_with_gains"]
+    assert skips["diff_ppl_ci95_low"] < 0 < skips["diff_ppl_ci95_high"] and not skips["diff_resolved"]
+    assert table.loc["last_k", "diff_test"] == "Welch t" and table.loc["last_k", "diff_n"] == 2
+    single = table.loc["connect_to_last"]
+    assert single["diff_test"] == "n < 2" and pd.isna(single["diff_ppl_ci95_low"]) and not single["diff_resolved"]

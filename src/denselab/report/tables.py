@@ -1,5 +1,12 @@
 """A table in the paper's layout: every row of the paper's table with its numbers, ours beside them
-(mean, standard error, n over seeds), and our rows the paper does not have at the end."""
+(mean, standard error, n over seeds), and our rows the paper does not have at the end.
+
+Beside each row's mean, its difference to the table's reference row (its first row with results, the
+paper's baseline) with a 95 % confidence interval: a paired t over the seeds both rows ran (same seed,
+same initial block weights, same batches: models/__init__.py, data/datamodule.py), Welch's unpaired t
+when they share fewer than two seeds. `diff_resolved` says whether the interval excludes 0; with fewer
+than two seeds there is no interval, and nothing is resolved.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats
 
 from denselab.aggregate import is_finite
 from denselab.models import num_dwa_parameters
@@ -24,7 +32,9 @@ LABELS = {
 
 
 COLUMNS = ["row", "model", "k_x_p", "depth", "width", "note", "paper_params_m", "ours_params_m", "paper_ppl",
-           "paper_ppl_stderr", "ours_ppl", "ours_ppl_stderr", "ours_n", "paper_inference_bps", "ours_inference_bps",
+           "paper_ppl_stderr", "ours_ppl", "ours_ppl_stderr", "ours_n", "diff_reference", "diff_ppl",
+           "diff_ppl_ci95_low", "diff_ppl_ci95_high", "diff_n", "diff_test", "diff_resolved",
+           "paper_inference_bps", "ours_inference_bps",
            "ours_inference_bps_stderr", "ours_train_bps", "ours_train_bps_stderr", "paper_steps", "ours_steps",
            "ours_train_time_s", "ours_train_time_s_stderr", "ours_sparsity", "ours_depth", "ours_width",
            "ours_diverged", "ours_failed", "ours_missing", "status", "errors"]
@@ -93,6 +103,7 @@ def summarize_group(runs: list[Run]) -> dict[str, Any]:
     for key, metric in (("ppl", "final_val_ppl"), ("inference_bps", "inference_bps"), ("train_bps", "train_bps"),
                         ("train_time_s", "train_time_s")):
         out[f"ours_{key}"], out[f"ours_{key}_stderr"] = _mean_stderr([r.metrics.get(metric) for r in done])
+    out[SEED_PPL] = {r.seed: r.metrics["final_val_ppl"] for r in done if is_finite(r.metrics.get("final_val_ppl"))}
     if done:
         m = done[0].metrics
         out.update(ours_params_m=round(m["params"]["total"] / 1e6, 3), ours_steps=m["steps"],
@@ -101,6 +112,39 @@ def summarize_group(runs: list[Run]) -> dict[str, Any]:
             out["ours_sparsity"] = round(1 - m["params"]["dwa"] / num_dwa_parameters(hp["depth"]), 3)
     out["errors"] = "; ".join(sorted({r.error for r in runs if r.failed or r.diverged} - {""}))
     return out
+
+
+SEED_PPL = "_ppl_by_seed"  # summarize_group → build_table only; not a column of the table
+
+
+def paired_difference(ours: dict[str, float], reference: dict[str, float]) -> dict[str, Any]:
+    """Perplexity of a row minus the reference row's, over seeds, with its 95 % confidence interval."""
+    shared = sorted(set(ours) & set(reference))
+    if len(shared) >= 2:
+        a, b = [ours[s] for s in shared], [reference[s] for s in shared]
+        result, test, n = stats.ttest_rel(a, b), "paired t", len(shared)
+    elif len(ours) >= 2 and len(reference) >= 2:
+        a, b = list(ours.values()), list(reference.values())
+        result, test, n = stats.ttest_ind(a, b, equal_var=False), "Welch t", min(len(a), len(b))
+    else:
+        a, b = list(ours.values()), list(reference.values())
+        diff = statistics.fmean(a) - statistics.fmean(b) if a and b else None
+        return {"diff_ppl": diff, "diff_n": min(len(a), len(b)), "diff_test": "n < 2", "diff_resolved": False}
+    ci = result.confidence_interval(0.95)
+    low, high = float(ci.low), float(ci.high)
+    resolved = math.isfinite(low) and math.isfinite(high) and (low > 0 or high < 0)
+    return {"diff_ppl": statistics.fmean(a) - statistics.fmean(b), "diff_ppl_ci95_low": low,
+            "diff_ppl_ci95_high": high, "diff_n": n, "diff_test": test, "diff_resolved": resolved}
+
+
+def _add_differences(rows: list[dict[str, Any]]) -> None:
+    """diff_* of every row against the first row with results (the reference; its own diff is empty)."""
+    reference = next((r for r in rows if r.get(SEED_PPL)), None)
+    reference_seeds = reference[SEED_PPL] if reference is not None else {}
+    for row in rows:
+        seeds = row.pop(SEED_PPL, None)
+        if reference is not None and row is not reference and seeds:
+            row.update(diff_reference=reference["row"], **paired_difference(seeds, reference_seeds))
 
 
 def build_table(runs: list[Run], table: str | None, match: list[str]) -> pd.DataFrame:
@@ -140,6 +184,7 @@ def build_table(runs: list[Run], table: str | None, match: list[str]) -> pd.Data
         row.update(summarize_group(g))
         row["status"] = _status(row) if table is None else "not in the paper's table"
         rows.append(row)
+    _add_differences(rows)
     df = pd.DataFrame(rows)
     first = [c for c in COLUMNS if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]].round(4)
