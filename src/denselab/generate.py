@@ -121,8 +121,12 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
         if not Path(args["ckpt"]).is_file():
             raise UsageError(f"ckpt={args['ckpt']}: no such file")
         model, tokenizer, config = load_checkpoint(args["ckpt"], args["device"])

@@ -23,6 +23,13 @@ from denselab.config import ConfigError, check_group_choices, register_resolvers
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
+    flags = [a for a in argv if a.startswith("-")]
+    if flags:
+        print(f"error: {flags[0]}: arguments are key=value overrides (python -m denselab.data --help)", file=sys.stderr)
+        return 2
     root = Path(os.environ.get("DENSELAB_ROOT") or Path.cwd()).resolve()
     conf_dir = root / "conf"
     if not (conf_dir / "config.yaml").is_file():

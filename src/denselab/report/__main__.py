@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
     if argv == ["--readmes"]:  # regenerate experiments/<name>/README.md for every experiment
         from denselab.report.build import write_readme
 
