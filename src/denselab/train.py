@@ -303,6 +303,10 @@ def final_evaluation(trainer: L.Trainer, module: LanguageModel, datamodule: L.Li
     """The reported number: one pass over the validation split in non-overlapping windows (on several
     devices each rank evaluates every R-th window, and the token-weighted mean is taken over all)."""
     module.eval_prefix = "final_val"
+    windows, total = datamodule.final_val_windows_count(), datamodule.total_val_windows()
+    part = "the whole validation split" if windows == total else f"{windows:,} of the split's {total:,} windows"
+    say(f"[denselab] final evaluation: {part} ({windows * seq_len:,} tokens in batches of {datamodule.eval_batch_size}; "
+        "data.final_val_windows=N for N evenly spaced windows, null for all)")
     trainer.validate(module, dataloaders=datamodule.final_val_dataloader(), verbose=False)
     return {**module.last_eval, "tokens": datamodule.final_val_windows_count() * seq_len}
 

@@ -20,11 +20,13 @@ NOT_TRAINING = ("experiment_name", "name", "report", "paths", "ckpt_path", "spee
 # folders too, and no training setting. DWA's `implementation`: the same sums either way, exact to
 # 1e-5; runs made before it existed still match. How many devices share a step (and so the per-device
 # micro-batch `data.batch_size`) does not change it either: the global batch of every step is the same
-# (datamodule.py), so a run interrupted on 8 GPUs may resume on 4.
+# (datamodule.py), so a run interrupted on 8 GPUs may resume on 4. Nor does how the final evaluation is
+# batched or how many windows it reads (metrics.json records final_val_tokens).
 NOT_TRAINING_NESTED = (("data", "num_proc"), ("data", "cache_dir"), ("trainer", "enable_progress_bar"),
                        ("trainer", "default_root_dir"), ("callbacks",), ("logger",),
                        ("model", "net", "mixer", "implementation"), ("data", "batch_size"), ("trainer", "devices"),
-                       ("trainer", "num_nodes"), ("trainer", "strategy"), ("trainer", "use_distributed_sampler"))
+                       ("trainer", "num_nodes"), ("trainer", "strategy"), ("trainer", "use_distributed_sampler"),
+                       ("data", "eval_batch_size"), ("data", "final_val_windows"))
 
 
 def training_fingerprint(resolved: dict) -> str:

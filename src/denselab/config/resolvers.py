@@ -80,6 +80,12 @@ def scaled_width(width: int, divisor: float, head_size: int) -> int:
     return head_size * max(1, math.floor(width / divisor / head_size + 0.5))
 
 
+def final_val_windows(steps: int, batch_size: int, val_windows: int | None) -> int:
+    """Windows of the default final evaluation: as many as the run trained on, at least `val_windows`
+    (the data module reads the whole split when that is more than it has)."""
+    return max(int(steps) * int(batch_size), int(val_windows or 0), 1)
+
+
 def exact_div(a: int, b: int) -> int:
     if a % b:
         raise ConfigError(f"{a} is not a multiple of {b}")
@@ -94,5 +100,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("denselab.mul", lambda a, b: int(a) * int(b), replace=True)
     OmegaConf.register_new_resolver("denselab.cpu_count", lambda: os.cpu_count() or 1, replace=True)
     OmegaConf.register_new_resolver("denselab.micro_batch", micro_batch, replace=True)
+    OmegaConf.register_new_resolver("denselab.final_val_windows", final_val_windows, replace=True)
     OmegaConf.register_new_resolver("denselab.dirname", dirname, replace=True)
     OmegaConf.register_new_resolver("denselab.sweep_dirname", sweep_dirname, replace=True)

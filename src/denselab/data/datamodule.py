@@ -129,7 +129,7 @@ class TokenDataModule(L.LightningDataModule):
         num_proc: tokenization worker processes (`datasets.map`).
         val_windows: windows per periodic validation, evenly spaced over the split (None: all).
         final_val_windows: windows of the final evaluation (None: the whole split).
-        eval_batch_size: windows per validation batch (default: batch_size).
+        eval_batch_size: windows per validation batch (None: batch_size).
         verify_bins: how a prepared directory is checked before reuse: "size", "full" (SHA-256 of
             the bins) or "auto" (full up to 1 GiB of bins); see `prepare.invalid_reason`.
     """
@@ -215,9 +215,12 @@ class TokenDataModule(L.LightningDataModule):
         return DataLoader(ValWindows(self.directory / "val.bin", self.seq_len, ids[rank::world_size]),
                           batch_size=self.eval_batch_size)
 
+    def total_val_windows(self) -> int:
+        return ValWindows.count(self.meta["tokens"]["val"], self.seq_len)
+
     def final_val_windows_count(self) -> int:
         """Windows of the final evaluation over all ranks."""
-        total = ValWindows.count(self.meta["tokens"]["val"], self.seq_len)
+        total = self.total_val_windows()
         return total if self.final_val_windows is None else min(self.final_val_windows, total)
 
     def val_dataloader(self) -> DataLoader:
