@@ -15,7 +15,7 @@ TABLES := table1 table2 table3 table4 table5 table6 table7 table8 longseq
 FIGURES := fig2b fig3 fig3c fig4 fig5 fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig14 fig15
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all sweep aggregate plan tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-data \
+.PHONY: help install train test lint test-all sweep aggregate plan tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-data \
 	clean clean-all report figures all $(TABLES) $(FIGURES)
 
 help:  ## list the targets
@@ -34,6 +34,9 @@ train: install  ## train the main job (12-block DenseFormer, ~5 min on 2 CPU cor
 
 test: install  ## run the test suite (slow tests excluded)
 	$(PY) -m pytest
+
+lint: install  ## ruff over the code (pyproject's [tool.ruff.lint])
+	$(VENV)/bin/ruff check src tests benchmarks run.py
 
 test-all: install  ## run every test, the slow ones too
 	$(PY) -m pytest -m ""
