@@ -255,3 +255,10 @@ def test_each_row_gets_its_paired_difference_to_the_reference_row_with_a_95_perc
     assert table.loc["last_k", "diff_test"] == "Welch t" and table.loc["last_k", "diff_n"] == 2
     single = table.loc["connect_to_last"]
     assert single["diff_test"] == "n < 2" and pd.isna(single["diff_ppl_ci95_low"]) and not single["diff_resolved"]
+
+
+def test_run_info_names_a_sweep_folder_below_the_repository_relative_to_it(tmp_path):
+    from denselab.report.build import _below_root
+
+    assert _below_root(tmp_path / "logs" / "sweeps" / "table1-mini", str(tmp_path)) == "logs/sweeps/table1-mini"
+    assert _below_root(tmp_path / "elsewhere", str(tmp_path / "repo")) == str(tmp_path / "elsewhere")

@@ -45,7 +45,7 @@ def report_experiment(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[
     else:
         written += ANALYSES[kind](runs, cfg, title, out / name)
 
-    info = run_info(runs) | {"scale": cfg.scale.name, "sweep_dir": str(sweep_dir(cfg)),
+    info = run_info(runs) | {"scale": cfg.scale.name, "sweep_dir": _below_root(sweep_dir(cfg), cfg.paths.root_dir),
                              "report_commit": git_info()["commit"], "files": [p.name for p in written]}
     atomic_write_json(out / "run_info.json", info)
     if out.parent.name == name:  # the default layout experiments/<name>/<scale>/: refresh the READMEs
@@ -240,6 +240,15 @@ def write_readme(name: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _below_root(path: Path, root: str) -> str:
+    """`path` relative to the repository root when it lies below it (logs/sweeps/table1-mini): committed
+    files name no folder of the machine that wrote them."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _gpu_cost_lines(name: str, source: str | None) -> list[str]:
