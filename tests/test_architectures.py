@@ -192,3 +192,11 @@ def test_every_architecture_of_a_seed_starts_from_the_transformers_block_weights
     assert ours.keys() == transformer.keys()
     for key, value in ours.items():
         assert torch.equal(value, transformer[key]), key
+
+
+@pytest.mark.parametrize("depth,block_size,blocks", [(48, 12, 8), (12, 3, 8), (6, 2, 6)])
+def test_block_attn_res_keeps_about_eight_blocks_at_every_depth(depth, block_size, blocks):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=attn_res_block", f"depth={depth}", "width=32", "heads=2"])
+    mixer = build_model(cfg.model, VOCAB, device="meta").mixer
+    assert mixer.block_size == block_size and -(-2 * depth // mixer.block_size) == blocks

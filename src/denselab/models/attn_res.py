@@ -12,7 +12,9 @@ values themselves. Block AttnRes groups the sub-layers into blocks of `block_siz
 the outputs are summed as a plain residual would, and attention runs over the block summaries
 instead of every output: the sources of sub-layer ℓ in block n are
 [v_0, b_1, ..., b_{n-1}, p], with b_m the sum of block m's outputs and p the partial sum of block
-n's outputs before ℓ (absent at a block's first sub-layer).
+n's outputs before ℓ (absent at a block's first sub-layer). The number of blocks is what the paper
+keeps fixed across depths (about 8), so `n_blocks` sets it: block_size = ⌈2d / n_blocks⌉ sub-layers
+(12 at depth 48, 3 at 12); a fixed `block_size` instead would give 24 blocks at depth 48 with 4.
 
 Initialisation (the paper's): w_ℓ = 0, so every α starts uniform — AttnRes does *not* start as the
 Transformer (the uniform average replaces the sum). Extra parameters: 2C per sub-layer plus the
@@ -29,11 +31,15 @@ from denselab.models.gpt import Rotary
 
 
 class AttnRes(nn.Module):
-    def __init__(self, depth: int, width: int, block_size: int | None = None):
+    def __init__(self, depth: int, width: int, block_size: int | None = None, n_blocks: int | None = None):
         super().__init__()
-        if block_size is not None and not (isinstance(block_size, int) and not isinstance(block_size, bool)
-                                           and block_size >= 1):
-            raise ValueError(f"block_size={block_size!r}: allowed null (full AttnRes) or integers >= 1")
+        for name, value in (("block_size", block_size), ("n_blocks", n_blocks)):
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name}={value!r}: allowed null (full AttnRes) or integers >= 1")
+        if block_size is not None and n_blocks is not None:
+            raise ValueError(f"n_blocks={n_blocks!r}: allowed null when block_size is set (give one of the two)")
+        if n_blocks is not None:
+            block_size = -(-2 * depth // n_blocks)  # ⌈2d / n_blocks⌉ sub-layers per block
         self.depth, self.block_size = depth, block_size
         n_queries = 2 * depth + 1  # every sub-layer, and the read-out
         self.queries = nn.Parameter(torch.zeros(n_queries, width))  # w_ℓ
