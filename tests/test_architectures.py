@@ -129,7 +129,7 @@ def test_parameter_counts_at_the_papers_size():
     assert extra["elc_bert"] == 48 * 49 // 2 - 1  # no logit for block 1, which has a single source
     assert extra["value_residual_learnable"] == 2 * 47
     assert extra["hyper_connections"] == 96 * (4 * 4 + 2 * 4)
-    assert extra["hyper_connections_dynamic"] == extra["hyper_connections"] + 96 * (768 * 6 + 2)
+    assert extra["hyper_connections_dynamic"] == extra["hyper_connections"] + 96 * (768 * 7 + 2)  # incl. the norm gain
     assert extra["attn_res"] == extra["attn_res_block"] == 2 * 97 * 768
     assert extra["mudd"] == sum(768 * h + h * h + h for h in (4 * (i + 1) for i in range(1, 48))) + sum(
         (768 * h + h * 49 + 49) for h in [49])
@@ -200,3 +200,15 @@ def test_block_attn_res_keeps_about_eight_blocks_at_every_depth(depth, block_siz
         cfg = compose("config", overrides=["model=attn_res_block", f"depth={depth}", "width=32", "heads=2"])
     mixer = build_model(cfg.model, VOCAB, device="meta").mixer
     assert mixer.block_size == block_size and -(-2 * depth // mixer.block_size) == blocks
+
+
+def test_dynamic_hyper_connections_normalise_the_streams_with_a_learnable_gain():
+    mixer = build("hyper_connections_dynamic").mixer
+    assert mixer.norm_gain.shape == (2 * 4, 32) and torch.equal(mixer.norm_gain, torch.ones(8, 32))
+    x = tokens()
+    net = build("hyper_connections_dynamic")
+    with torch.no_grad():
+        net.mixer.w_m.normal_()  # token-dependent weights, so that the normalised streams matter
+        before = net(x)
+        net.mixer.norm_gain.mul_(3.0)
+        assert not torch.allclose(net(x), before)  # the gain scales H̄ inside tanh(H̄ W)

@@ -11,7 +11,8 @@ embedding. The 2d sub-layers f_1, f_2, ..., f_{2d} are the blocks' residual bran
     output = (1/n) Σ_k H_k                             (then the final LayerNorm and the head)
 
 Static: A_m ∈ R^n, A_r ∈ R^{n×n}, B ∈ R^n are parameters. Dynamic: they also depend on the token,
-with H̄ = RMSNorm(H) (per stream, no gain) and matrices W_m ∈ R^{C×1}, W_r ∈ R^{C×n}, W_β ∈ R^{C×1}:
+with H̄ = RMSNorm(H) ⊙ g (per stream, with a learnable gain g ∈ R^C per sub-layer, initialised to 1, as
+the reference's norm has) and matrices W_m ∈ R^{C×1}, W_r ∈ R^{C×n}, W_β ∈ R^{C×1}:
 
     A_m(H) = A_m + s_α · tanh(H̄ W_m),   A_r(H) = A_r + s_α · tanh(H̄ W_r),   B(H) = B + s_β · tanh(H̄ W_β)ᵀ
 
@@ -23,7 +24,7 @@ removes, except for its ε, which is not negligible at GPT-2's small initial sca
 the untrained logits by ~1e-2 in our test) — so the start is the Transformer up to float rounding.
 
 Extra parameters per sub-layer: n² + 2n static (24 for n = 4, 2,304 at depth 48); dynamic adds
-C(n + 2) + 2 (4,610 at width 768, n = 4; 442,560 more at depth 48).
+C(n + 3) + 2 (5,378 at width 768, n = 4; 516,288 more at depth 48).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class HyperConnections(nn.Module):
             self.w_b = nn.Parameter(torch.zeros(L, width))
             self.s_alpha = nn.Parameter(torch.zeros(L))
             self.s_beta = nn.Parameter(torch.zeros(L))
+            self.norm_gain = nn.Parameter(torch.ones(L, width))  # g: the gain of H̄'s RMSNorm
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -65,12 +67,13 @@ class HyperConnections(nn.Module):
                     w.zero_()
                 self.s_alpha.fill_(0.01)
                 self.s_beta.fill_(0.01)
+                self.norm_gain.fill_(1.0)
 
     def connect(self, l: int, H: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """One sub-layer ℓ (0-based `l`): H (B, T, n, C) → updated H."""
         a_m, a_r, b = self.a_m[l], self.a_r[l], self.b[l]  # (n,), (n, n), (n,)
         if self.dynamic:
-            Hn = F.rms_norm(H, H.shape[-1:])  # (B, T, n, C)
+            Hn = F.rms_norm(H, H.shape[-1:], weight=self.norm_gain[l])  # (B, T, n, C)
             a_m = a_m + self.s_alpha[l] * torch.tanh(Hn @ self.w_m[l])  # (B, T, n)
             a_r = a_r + self.s_alpha[l] * torch.tanh(Hn @ self.w_r[l])  # (B, T, n, n)
             b = b + self.s_beta[l] * torch.tanh(Hn @ self.w_b[l])  # (B, T, n)
