@@ -212,3 +212,22 @@ def test_dynamic_hyper_connections_normalise_the_streams_with_a_learnable_gain()
         before = net(x)
         net.mixer.norm_gain.mul_(3.0)
         assert not torch.allclose(net(x), before)  # the gain scales H̄ inside tanh(H̄ W)
+
+
+def test_x0_shortcut_offers_the_normalised_embedding_of_modded_nanogpt():
+    torch.manual_seed(0)
+    raw = build("x0_shortcut")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=x0_shortcut", "depth=4", "width=32", "heads=2", "seq_len=16",
+                                           "model.net.mixer.normalize_x0=true"])
+    torch.manual_seed(0)
+    normed = build_model(cfg.model, VOCAB)
+    x = tokens()
+    assert torch.equal(raw(x), normed(x))  # λ = (1, 0): both are the Transformer at init
+    seen = []
+    normed.blocks[1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        normed.mixer.lambdas[1] = torch.tensor([0.0, 1.0])  # block 1 reads the shortcut alone
+        normed(x)
+    x0 = normed.wte(x)
+    assert torch.allclose(seen[0], torch.nn.functional.rms_norm(x0, x0.shape[-1:]), atol=1e-6)

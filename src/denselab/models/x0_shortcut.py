@@ -6,21 +6,27 @@ keeps only that connection: before every block i,
     x ← λ_{i,0} · x + λ_{i,1} · X_0,      X_i = B_i(x),      λ_i initialised to (1, 0),
 
 so the untrained model is the Transformer (the same per-block "x0 lambdas" appear in the
-modded-nanogpt speedrun). Extra parameters: 2d (96 at depth 48).
+modded-nanogpt speedrun). With `normalize_x0=true` the shortcut reads RMSNorm(X_0) (no gain) instead,
+as modded-nanogpt does (it normalises the embedding once, `x = x0 = norm(embed(idx))`); the main
+stream still starts from X_0 itself, so the untrained model stays the Transformer. Extra parameters:
+2d (96 at depth 48).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from denselab.models.gpt import Rotary
 
 
 class X0Shortcut(nn.Module):
-    def __init__(self, depth: int):
+    def __init__(self, depth: int, normalize_x0: bool = False):
         super().__init__()
-        self.depth = depth
+        if not isinstance(normalize_x0, bool):
+            raise ValueError(f"normalize_x0={normalize_x0!r}: allowed true or false")
+        self.depth, self.normalize_x0 = depth, normalize_x0
         self.lambdas = nn.Parameter(torch.zeros(depth, 2))  # (λ_{i,0}, λ_{i,1}) per block
         self.reset_parameters()
 
@@ -30,6 +36,7 @@ class X0Shortcut(nn.Module):
 
     def forward(self, x0: torch.Tensor, blocks: nn.ModuleList, rotary: Rotary) -> torch.Tensor:
         x = x0
+        shortcut = F.rms_norm(x0, x0.shape[-1:]) if self.normalize_x0 else x0  # (B, T, C)
         for i, block in enumerate(blocks):
-            x = block(self.lambdas[i, 0] * x + self.lambdas[i, 1] * x0, rotary)
+            x = block(self.lambdas[i, 0] * x + self.lambdas[i, 1] * shortcut, rotary)
         return x
