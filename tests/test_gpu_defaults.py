@@ -63,3 +63,8 @@ def test_scale_small_trains_at_toy_size(tmp_path, data_dir):
     record = json.loads(metrics.read_text())
     assert record["status"] == "completed" and record["hparams"]["scale"] == "small"
     assert record["hparams"]["paper_batch_size"] == 400 and record["steps"] == 6
+
+
+@pytest.mark.parametrize("scale,decay", [("paper", 0.1), ("small", 0.1), ("mini", 0.0), ("smoke", 0.0)])
+def test_the_mixing_weights_are_decayed_as_in_the_official_code_at_the_gpu_scales(scale, decay):
+    assert composed(f"scale={scale}").optim.dwa_weight_decay == decay

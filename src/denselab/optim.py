@@ -8,8 +8,9 @@ Groups (names as logged by LearningRateMonitor):
 
 The official experiments code (epfml/DenseFormer) stores each DWA's α as an `nn.Linear` weight,
 so its optimiser puts α in the *decayed* group with the common learning rate (wd 0.1, lr × 1).
-Set `optim.dwa_weight_decay=0.1` to reproduce that; our default leaves α undecayed, because decay
-pulls α_{i,i} from its identity value 1 towards 0.
+`scale=paper` and `scale=small` do the same (`optim.dwa_weight_decay: 0.1`); the CPU scales leave the
+mixing weights undecayed (decay pulls α_{i,i} from its identity value 1 towards 0), as every committed
+mini result was trained.
 """
 
 from __future__ import annotations
