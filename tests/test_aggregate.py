@@ -262,3 +262,25 @@ def test_run_info_names_a_sweep_folder_below_the_repository_relative_to_it(tmp_p
 
     assert _below_root(tmp_path / "logs" / "sweeps" / "table1-mini", str(tmp_path)) == "logs/sweeps/table1-mini"
     assert _below_root(tmp_path / "elsewhere", str(tmp_path / "repo")) == str(tmp_path / "elsewhere")
+
+
+def test_the_report_figures_show_the_seed_spread(tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+
+    from denselab.report import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    table = pd.DataFrame({"row": ["Transformer 48", "1x1-DenseFormer 48"], "model": ["transformer", "denseformer"],
+                          "depth": [48, 48], "k_x_p": [None, "1x1"], "ours_ppl": [7.7, 7.5],
+                          "ours_ppl_stderr": [0.04, 0.03], "ours_inference_bps": [100.0, 90.0],
+                          "ours_inference_bps_stderr": [2.0, 1.0], "ours_train_bps": [30.0, 28.0]})
+    figures.speed_tradeoff(table, "t", tmp_path / "a.png")
+    figures.kxp_tradeoff(table, "t", tmp_path / "b.png")
+    for fig in drawn:
+        bars = [c for ax in fig.axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert bars and all(c.has_yerr for c in bars)
+    curves = pd.DataFrame({"row": ["a", "a"], "step": [1, 2], "train_time_s": [1.0, 2.0], "val_ppl": [10.0, 8.0],
+                           "val_ppl_min": [9.0, 7.5], "val_ppl_max": [11.0, 8.5]})
+    figures.curves(curves, "train_time_s", "t", tmp_path / "c.png")
+    assert drawn[-1].axes[0].collections  # the band between the seeds' minimum and maximum

@@ -81,7 +81,11 @@ def _curves(runs: list[Run], cfg: DictConfig, kind: str, title: str, stem: Path)
             points.append({"row": _row_name(r), "seed": r.seed, "step": h["step"], "paper_step": h["step"] * scale_steps,
                            "train_time_s": h["train_time_s"], "val_ppl": h["val_ppl"]})
     data = pd.DataFrame(points, columns=["row", "seed", "step", "paper_step", "train_time_s", "val_ppl"])
-    mean = data.groupby(["row", "step"], sort=False).mean(numeric_only=True).reset_index()
+    grouped = data.groupby(["row", "step"], sort=False)
+    mean = grouped.mean(numeric_only=True).reset_index()
+    mean["val_ppl_min"] = grouped["val_ppl"].min().values  # the seed spread, drawn as a band
+    mean["val_ppl_max"] = grouped["val_ppl"].max().values
+    mean["n_seeds"] = grouped["seed"].nunique().values
     csv = _write_csv(mean, Path(f"{stem}.csv"))
     if kind == "curves_vs_time":
         png = figures.curves(mean, "train_time_s", title, Path(f"{stem}.png"))

@@ -53,6 +53,14 @@ def _why_empty(table: pd.DataFrame) -> list[str]:
     return ["diverged" if d else "missing" for d in diverged]
 
 
+def _stderr(rows: pd.DataFrame | pd.Series, column: str):
+    """The standard errors over seeds beside `column` (0 where there is one seed or none): error bars."""
+    err = rows.get(f"{column}_stderr")
+    if err is None:
+        return None
+    return pd.to_numeric(err, errors="coerce").fillna(0) if isinstance(err, pd.Series) else (0 if pd.isna(err) else err)
+
+
 def speed_tradeoff(table: pd.DataFrame, title: str, path: Path) -> Path:
     """Perplexity against inference batches per second, a line per family annotated with depths
     (the paper's Fig. 2b / Table 1 view): the paper's numbers (left) and ours (right)."""
@@ -67,7 +75,8 @@ def speed_tradeoff(table: pd.DataFrame, title: str, path: Path) -> Path:
             rows = rows.dropna(subset=[ppl, bps]).sort_values("depth")
             if rows.empty:
                 continue
-            ax.plot(rows[bps], rows[ppl], "o-", label=family)
+            ax.errorbar(rows[bps], rows[ppl], yerr=_stderr(rows, ppl), xerr=_stderr(rows, bps), fmt="o-",
+                        capsize=2, label=family)
             for _, r in rows.iterrows():
                 ax.annotate(str(r["depth"]), (r[bps], r[ppl]), textcoords="offset points", xytext=(4, 3), fontsize=7)
         ax.set_xlabel("inference batches per second")
@@ -85,7 +94,8 @@ def kxp_tradeoff(table: pd.DataFrame, title: str, path: Path) -> Path:
         rows = table.dropna(subset=["ours_ppl", bps])
         for _, r in rows.iterrows():
             is_dense = r["model"] == "denseformer"
-            ax.scatter(r[bps], r["ours_ppl"], marker="o" if is_dense else "s", color="tab:blue" if is_dense else "tab:red")
+            ax.errorbar(r[bps], r["ours_ppl"], yerr=_stderr(r, "ours_ppl"), xerr=_stderr(r, bps), capsize=2,
+                        fmt="o" if is_dense else "s", color="tab:blue" if is_dense else "tab:red")
             ax.annotate(r["k_x_p"] or "Transformer", (r[bps], r["ours_ppl"]), textcoords="offset points",
                         xytext=(4, 3), fontsize=7)
         ax.set_xlabel(f"{name} batches per second")
@@ -128,8 +138,9 @@ def sparsity_effect(table: pd.DataFrame, vary: str, baseline: dict, title: str, 
 
 
 def curves(curves: pd.DataFrame, x: str, title: str, path: Path, zoom: tuple[float, float] | None = None) -> Path:
-    """Validation perplexity against `x` (training time or step), one line per row (mean over seeds);
-    a second panel enlarges the x-range `zoom` (Fig. 15b's low-data regime)."""
+    """Validation perplexity against `x` (training time or step), one line per row (mean over seeds,
+    the band their minimum to maximum); a second panel enlarges the x-range `zoom` (Fig. 15b's
+    low-data regime)."""
     panels = 2 if zoom else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
     for ax, window in zip(axes[0], (None, zoom)):
@@ -137,7 +148,9 @@ def curves(curves: pd.DataFrame, x: str, title: str, path: Path, zoom: tuple[flo
             data = data.sort_values(x)
             if window:
                 data = data[(data[x] >= window[0]) & (data[x] <= window[1])]
-            ax.plot(data[x], data["val_ppl"], ".-", label=row)
+            line, = ax.plot(data[x], data["val_ppl"], ".-", label=row)
+            if {"val_ppl_min", "val_ppl_max"} <= set(data.columns):
+                ax.fill_between(data[x], data["val_ppl_min"], data["val_ppl_max"], color=line.get_color(), alpha=0.2)
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel("validation perplexity (fixed subset)")
         ax.set_yscale("log")
