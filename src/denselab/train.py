@@ -8,7 +8,7 @@ stops a run early into its status in metrics.json and the process exit status:
 
     status       when                                             exit (one run)     in a sweep
     completed    the run finished                                 0                  next job
-    interrupted  Ctrl-C, SIGTERM, SIGUSR1/2 (interrupted.ckpt)  128 + signal       sweep aggregated, exits 128 + signal
+    interrupted  Ctrl-C, SIGTERM, SIGUSR1/2 (interrupted.ckpt)    128 + signal       sweep aggregated, exits 128 + signal
     diverged     a non-finite loss (its NaN weights not saved)    1                  next job; the sweep exits 1
     failed       a bad config (one line) or an error (traceback)  2 / 1              next job; the sweep exits 1
     (unchanged)  another process holds the folder's lock           75                 next job; the sweep exits 1
