@@ -149,7 +149,7 @@ def curves(curves: pd.DataFrame, x: str, title: str, path: Path, zoom: tuple[flo
             if window:
                 data = data[(data[x] >= window[0]) & (data[x] <= window[1])]
             line, = ax.plot(data[x], data["val_ppl"], ".-", label=row)
-            if {"val_ppl_min", "val_ppl_max"} <= set(data.columns):
+            if {"val_ppl_min", "val_ppl_max"} <= set(data.columns) and not data.empty:
                 ax.fill_between(data[x], data["val_ppl_min"], data["val_ppl_max"], color=line.get_color(), alpha=0.2)
         ax.set_xlabel(x.replace("_", " "))
         ax.set_ylabel("validation perplexity (fixed subset)")
