@@ -49,6 +49,7 @@ class StopOnSignal(L.Callback):
     def __init__(self, signals: tuple[str, ...] = ("SIGUSR1",)) -> None:
         self.signals = [signal.Signals[name] for name in signals]
         self.received: int | None = None
+        self._batches = 0  # training batches seen, for the multi-device decision's cadence
         self._replaced: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -61,7 +62,13 @@ class StopOnSignal(L.Callback):
         self.received = signum  # nothing else here: see the module docstring
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.world_size > 1:  # stop together: a rank that stopped alone would hang the others
+        if trainer.world_size > 1:
+            # Stop together (a rank that stopped alone would hang the others), deciding every
+            # log_every_n_steps batches rather than every batch: the decision is a collective and a
+            # host sync, and the signals come a minute or more ahead of the kill.
+            self._batches += 1
+            if self._batches % max(1, trainer.log_every_n_steps):
+                return
             if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
                 return
             self.received = self.received or self.signals[0]
