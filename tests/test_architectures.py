@@ -80,7 +80,7 @@ def test_node_does_not_start_as_the_transformer(name):
 def test_gradients_reach_every_mixing_parameter(name):
     torch.manual_seed(0)
     model = build(name)
-    mixing = model.parameter_groups()["dwa"]
+    mixing = model.parameter_groups()["mixing"]
     assert mixing, f"{name} has no mixing parameters"
     with torch.no_grad():  # away from the initialisation, where some paths are exactly zero (e.g. MUDD's W2)
         for _, p in mixing:
@@ -91,23 +91,23 @@ def test_gradients_reach_every_mixing_parameter(name):
 
 
 @pytest.mark.parametrize("name", NODES)
-def test_mixing_parameters_are_the_optimisers_dwa_group(name):
+def test_mixing_parameters_are_the_optimisers_mixing_group(name):
     model = build(name)
-    optimizer = build_optimizer(model, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, dwa_weight_decay=0.0,
-                                dwa_lr_scale=2.0)
+    optimizer = build_optimizer(model, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1,
+                                mixing_weight_decay=0.0, mixing_lr_scale=2.0)
     groups = {g["name"]: g for g in optimizer.param_groups}
     mixing = {id(p) for n, p in model.named_parameters() if n.startswith("mixer.")}
-    assert {id(p) for p in groups.get("dwa", {"params": []})["params"]} == mixing
+    assert {id(p) for p in groups.get("mixing", {"params": []})["params"]} == mixing
     if mixing:
-        assert groups["dwa"]["weight_decay"] == 0.0 and groups["dwa"]["lr"] == 2e-3
+        assert groups["mixing"]["weight_decay"] == 0.0 and groups["mixing"]["lr"] == 2e-3
 
 
 @pytest.mark.parametrize("name", NODES)
 def test_a_few_training_steps_lower_the_loss(name):
     torch.manual_seed(0)
     model = build(name)
-    optimizer = build_optimizer(model, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0, dwa_weight_decay=0.0,
-                                dwa_lr_scale=1.0)
+    optimizer = build_optimizer(model, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0,
+                                mixing_weight_decay=0.0, mixing_lr_scale=1.0)
     x = tokens(4, 16)
     losses = []
     for _ in range(8):
@@ -163,7 +163,7 @@ def test_official_dwa_semantics_equal_the_paper_at_period_1_and_differ_beyond():
 def _fit(dwa_start_step: int, steps: int = 4) -> GPT:
     torch.manual_seed(0)
     net = GPT(VOCAB, 3, 32, 2, 16, mixer=DWA(3))
-    optim = {"lr": 1e-2, "betas": [0.9, 0.95], "weight_decay": 0.0, "dwa_weight_decay": 0.0, "dwa_lr_scale": 1.0,
+    optim = {"lr": 1e-2, "betas": [0.9, 0.95], "weight_decay": 0.0, "mixing_weight_decay": 0.0, "mixing_lr_scale": 1.0,
              "warmup_fraction": 0.0, "min_lr_ratio": 1.0, "dwa_start_step": dwa_start_step}
     data = [(x[:, :-1], x[:, 1:]) for x in (tokens(2, 17) for _ in range(steps))]
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,

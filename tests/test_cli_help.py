@@ -23,3 +23,14 @@ def test_data_refuses_an_unknown_flag_in_one_line():
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: --force: arguments are key=value overrides (python -m denselab.data --help)")
+
+
+def test_run_help_lists_the_options_a_user_chooses_and_not_the_private_ones():
+    proc = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    options = {line.split(": ")[0]: line.split(": ")[1].split(", ") for line in groups.splitlines() if ": " in line}
+    assert {"data", "experiment", "model", "scale"} <= set(options)
+    assert "stdlib" in options["data"] and "table1" in options["experiment"] and "paper" in options["scale"]
+    private = [o for listed in options.values() for o in listed if o.startswith("_")]
+    assert private == [] and not [name for name in ("_hub", "_tokens", "_paper", "_scaled") if name in proc.stdout]

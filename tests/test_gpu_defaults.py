@@ -67,4 +67,4 @@ def test_scale_small_trains_at_toy_size(tmp_path, data_dir):
 
 @pytest.mark.parametrize("scale,decay", [("paper", 0.1), ("small", 0.1), ("mini", 0.0), ("smoke", 0.0)])
 def test_the_mixing_weights_are_decayed_as_in_the_official_code_at_the_gpu_scales(scale, decay):
-    assert composed(f"scale={scale}").optim.dwa_weight_decay == decay
+    assert composed(f"scale={scale}").optim.mixing_weight_decay == decay

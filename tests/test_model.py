@@ -25,7 +25,7 @@ def test_paper_transformer_48_blocks_has_378_446_592_parameters():
 
 def test_paper_denseformer_48_blocks_adds_1224_alphas():
     counts = count_parameters(meta_model(48, DWA(48)))
-    assert counts["dwa"] == 1224
+    assert counts["mixing"] == 1224
     assert counts["total"] == 378_446_592 + 1224
 
 
@@ -101,7 +101,7 @@ def test_parameter_groups_cover_every_parameter_once():
     groups = model.parameter_groups()
     names = [n for g in groups.values() for n, _ in g]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
-    assert {n for n, _ in groups["dwa"]} == {f"mixer.alphas.{i}" for i in range(3)}
+    assert {n for n, _ in groups["mixing"]} == {f"mixer.alphas.{i}" for i in range(3)}
     assert "wte.weight" in {n for n, _ in groups["no_decay"]}
     assert all(p.dim() == 2 for _, p in groups["decay"])
     assert all("ln_" in n for n, _ in groups["no_decay"] if n != "wte.weight")

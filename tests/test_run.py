@@ -57,7 +57,7 @@ def test_job_writes_metrics_config_checkpoint_and_tensorboard(tmp_path, data_dir
     assert math.isclose(metrics["final_val_ppl"], math.exp(metrics["final_val_loss"]), rel_tol=1e-9)
     assert 1 < metrics["final_val_ppl"] < 320  # better than uniform over the padded byte vocabulary
     assert metrics["final_val_tokens"] == 16 * 32
-    assert metrics["params"]["dwa"] == 2 * 5 // 2 and metrics["hparams"]["dilation"] == 1
+    assert metrics["params"]["mixing"] == 2 * 5 // 2 and metrics["hparams"]["dilation"] == 1
     assert metrics["data"]["source"]["python_version"] and metrics["machine"]["torch"]
     assert metrics["inference_bps"] > 0 and metrics["train_bps"] > 0
     assert metrics["speed_setup"]["inference_batch_size"] == 64 and metrics["speed_setup"]["train_batch_size"] == 4
@@ -66,7 +66,7 @@ def test_job_writes_metrics_config_checkpoint_and_tensorboard(tmp_path, data_dir
     assert checkpoint["denselab_config"]["model"]["name"] == "denseformer" and checkpoint["global_step"] == 6
     scalars, hparams = tensorboard_tags(run_dir)
     assert {"train/loss", "train/tokens_per_s", "val/loss", "val/ppl", "final_val/loss", "final_val/ppl",
-            "lr-AdamW/decay", "lr-AdamW/dwa", "hparams/final_val_ppl", "train/grad_norm",
+            "lr-AdamW/decay", "lr-AdamW/mixing", "hparams/final_val_ppl", "train/grad_norm",
             "train/device/items_per_sec", "train/device/flops_per_sec"} <= scalars  # ThroughputMonitor: MFU on GPUs
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams
     assert "[denselab] final validation: loss" in proc.stdout and "tensorboard --logdir" in proc.stdout
@@ -78,6 +78,16 @@ def test_job_writes_metrics_config_checkpoint_and_tensorboard(tmp_path, data_dir
     assert [h["val_loss"] for h in metrics["val_history"]] == pytest.approx([e.value for e in val_loss], rel=1e-6)
 
 
+def test_the_result_lines_are_in_the_runs_log_as_on_the_console(tmp_path, data_dir):
+    proc = run_cli([*TINY, "speed.enabled=false"], tmp_path, data_dir)
+    final = [line for line in proc.stdout.splitlines() if line.startswith("[denselab] final validation: loss")]
+    assert len(final) == 1  # on the console once, bare, as print() showed it
+    logged = [line for line in (only_run_dir(tmp_path) / "run.log").read_text().splitlines() if "[denselab]" in line]
+    final_logged = [line for line in logged if "final validation" in line]
+    assert len(final_logged) == 1 and final_logged[0].endswith("] - " + final[0])  # after Hydra's time and logger
+    assert any("[denselab] model=denseformer:" in line for line in logged)
+
+
 def test_sweep_over_dilation_writes_one_csv_row_per_run(tmp_path, data_dir):
     proc = run_cli(["-m", "model=denseformer", "dilation=1,2", *TINY], tmp_path, data_dir)
     sweep = tmp_path / "sweeps"
@@ -86,7 +96,7 @@ def test_sweep_over_dilation_writes_one_csv_row_per_run(tmp_path, data_dir):
     results = pd.read_csv(sweep_dir / "results.csv")
     assert len(results) == 2 and set(results["status"]) == {"completed"}
     assert sorted(results["hp.dilation"]) == [1, 2]
-    assert sorted(results["params_dwa"]) == [3, 5]  # 2 blocks: 1x1 → 2+3 α, 2x1 → 1+2 α
+    assert sorted(results["params_mixing"]) == [3, 5]  # 2 blocks: 1x1 → 2+3 α, 2x1 → 1+2 α
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert len(summary) == 2 and list(summary["n"]) == [1, 1]
     assert "grouped over seeds" in proc.stdout
@@ -160,6 +170,6 @@ def test_one_sweep_trains_every_architecture_node_with_a_csv_row_each(tmp_path, 
     assert sorted(results["hp.model"]) == sorted(nodes)
     assert set(results["status"]) == {"completed"}
     assert (results["final_val_ppl"] < 320).all()
-    assert results.loc[results["hp.model"] == "transformer", "params_dwa"].item() == 0
+    assert results.loc[results["hp.model"] == "transformer", "params_mixing"].item() == 0
     dilation = results.set_index("hp.model")["hp.dilation"]
     assert dilation["denseformer"] == 1 and dilation.drop("denseformer").isna().all()  # only DWA uses it

@@ -48,6 +48,13 @@ def read_metrics(path: str | Path) -> tuple[dict | None, str | None]:
     return record, None
 
 
+def mixing_parameters(record: dict) -> int | None:
+    """The run's number of depth-mixing parameters: metrics.json's `params.mixing`, or `params.dwa`
+    in the records written before that parameter group was named "mixing"."""
+    params = record.get("params") or {}
+    return params.get("mixing", params.get("dwa"))
+
+
 def is_finite(value: Any) -> bool:
     """A real, finite number (None, NaN, ±inf, strings: False)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -72,8 +79,7 @@ def collect(folder: str | Path) -> pd.DataFrame:
             row["error"] = f"final_val_ppl is {m.get('final_val_ppl')} although the run completed: counted as diverged"
         row.update({f"hp.{k}": v for k, v in (m.get("hparams") or {}).items()})
         row.update({k: m.get(k) for k in METRICS + ("steps", "tokens")})
-        params = m.get("params") or {}
-        row.update(params_total=params.get("total"), params_dwa=params.get("dwa"))
+        row.update(params_total=(m.get("params") or {}).get("total"), params_mixing=mixing_parameters(m))
         row.update(git_commit=(m.get("git") or {}).get("commit"), overrides=" ".join(m.get("overrides") or []))
         rows.append(row)
     return pd.DataFrame(rows)

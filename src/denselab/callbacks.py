@@ -135,7 +135,7 @@ class MixingParameterLogger(L.Callback):
             return
         figure = alpha_heatmap(alpha, f"step {step}") if alpha is not None else None
         for tb in experiments:
-            for name, p in net.parameter_groups()["dwa"]:
+            for name, p in net.parameter_groups()["mixing"]:
                 tag = "mixing/" + name.removeprefix("mixer.")
                 values = p.detach().float().flatten().cpu()
                 if values.numel() <= self.SCALAR_LIMIT:

@@ -37,7 +37,7 @@ class LanguageModel(L.LightningModule):
         self.eval_prefix = "val"  # "final_val" for the full pass at the end
         self.last_eval: dict[str, float] = {}
         self.best_val_loss = math.inf  # kept in checkpoints, so a resumed run reports the whole run
-        self.mixing_params = [p for _, p in net.parameter_groups()["dwa"]]
+        self.mixing_params = [p for _, p in net.parameter_groups()["mixing"]]
         self.flops_per_token = flops_per_token
         self._batch_tokens = 0  # tokens of the last micro-batch on this device
 
@@ -68,8 +68,9 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Delayed DWA training (paper App. B.4, Table 5): before step `dwa_start_step` the mixing
-        parameters get no gradient, so AdamW leaves them (and their moments) untouched."""
+        """Delayed DWA training (paper App. B.4, Table 5, hence the name `dwa_start_step`): before that
+        step the mixing parameters, of any mixer, get no gradient, so AdamW leaves them (and their
+        moments) untouched."""
         if self.global_step < self.optim_cfg.get("dwa_start_step", 0):
             for p in self.mixing_params:
                 p.grad = None
@@ -100,7 +101,7 @@ class LanguageModel(L.LightningModule):
         o = self.optim_cfg
         optimizer = build_optimizer(
             self.net, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"],
-            dwa_weight_decay=o["dwa_weight_decay"], dwa_lr_scale=o["dwa_lr_scale"], eps=o.get("eps", 1e-8),
+            mixing_weight_decay=o["mixing_weight_decay"], mixing_lr_scale=o["mixing_lr_scale"], eps=o.get("eps", 1e-8),
         )
         warmup = warmup_steps_for(self.max_steps, o.get("warmup_steps"), o["warmup_fraction"])
         schedule = partial(lr_factor, max_steps=self.max_steps, warmup_steps=warmup, min_lr_ratio=o["min_lr_ratio"])
@@ -114,3 +115,9 @@ class LanguageModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_loss = checkpoint.get("best_val_loss", math.inf)
+        # A checkpoint saved before the mixing group had its name calls it "dwa"; torch restores a
+        # group's settings, its name included, from the checkpoint, and LearningRateMonitor tags by name.
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                if group.get("name") == "dwa":
+                    group["name"] = "mixing"

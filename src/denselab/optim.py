@@ -3,12 +3,12 @@
 Groups (names as logged by LearningRateMonitor):
     decay     the matrices of the linears                       weight decay `weight_decay`
     no_decay  LayerNorm gains, biases, the tied embedding       no weight decay
-    dwa       every depth-mixing parameter (the mixer's: DWA α,  `dwa_weight_decay`, lr × `dwa_lr_scale`
+    mixing    every depth-mixing parameter (the mixer's: DWA α,  `mixing_weight_decay`, lr × `mixing_lr_scale`
               gains, λ, hyper-connection and MUDD weights, ...)
 
 The official experiments code (epfml/DenseFormer) stores each DWA's α as an `nn.Linear` weight,
 so its optimiser puts α in the *decayed* group with the common learning rate (wd 0.1, lr × 1).
-`scale=paper` and `scale=small` do the same (`optim.dwa_weight_decay: 0.1`); the CPU scales leave the
+`scale=paper` and `scale=small` do the same (`optim.mixing_weight_decay: 0.1`); the CPU scales leave the
 mixing weights undecayed (decay pulls α_{i,i} from its identity value 1 towards 0), as every committed
 mini result was trained.
 """
@@ -25,19 +25,19 @@ def build_optimizer(
     lr: float,
     betas: tuple[float, float],
     weight_decay: float,
-    dwa_weight_decay: float,
-    dwa_lr_scale: float,
+    mixing_weight_decay: float,
+    mixing_lr_scale: float,
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
     groups = model.parameter_groups()
     settings = {
         "decay": {"weight_decay": weight_decay, "lr": lr},
         "no_decay": {"weight_decay": 0.0, "lr": lr},
-        "dwa": {"weight_decay": dwa_weight_decay, "lr": lr * dwa_lr_scale},
+        "mixing": {"weight_decay": mixing_weight_decay, "lr": lr * mixing_lr_scale},
     }
     param_groups = [
         {"name": name, "params": [p for _, p in groups[name]], **settings[name]}
-        for name in ("decay", "no_decay", "dwa")
+        for name in ("decay", "no_decay", "mixing")
         if groups[name]
     ]
     fused = all(p.is_cuda for g in param_groups for p in g["params"])

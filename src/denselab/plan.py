@@ -64,7 +64,7 @@ def model_flops_per_token(net, seq_len: int) -> float:
     from denselab.models import count_parameters
 
     params = count_parameters(net)
-    mixing = params["dwa"] if hasattr(net.mixer, "alpha_matrix") else 0  # DWA-style: a multiply-add per α and channel
+    mixing = params["mixing"] if hasattr(net.mixer, "alpha_matrix") else 0  # DWA-style: a multiply-add per α and channel
     return flops_per_token(params["total"], net.depth, seq_len, net.width, mixing)
 
 

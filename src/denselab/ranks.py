@@ -16,7 +16,9 @@ started with it runs exactly that job, from the config.yaml rank 0 wrote there (
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,10 +38,22 @@ def is_rank_zero() -> bool:
     return global_rank() == 0
 
 
-def say(*args: Any, **kwargs: Any) -> None:
-    """print(), on rank 0 only: a multi-device run prints its `[denselab]` lines once."""
-    if is_rank_zero():
-        print(*args, **kwargs)
+# The `[denselab]` lines of a run. conf/hydra/job_logging/denselab.yaml shows them bare on the console
+# (stdout, or stderr for a run that stopped) and writes them into the run's run.log.
+_RUN_LOG = logging.getLogger("denselab.run")
+_RUN_LOG_STDERR = logging.getLogger("denselab.run.stderr")
+
+
+def say(message: str, stderr: bool = False) -> None:
+    """A `[denselab]` line of the run, on rank 0 only (a multi-device run reports once): on the console
+    and in run.log. Printed, as before, where logging is not configured (hydra/job_logging=none)."""
+    if not is_rank_zero():
+        return
+    logger, level = (_RUN_LOG_STDERR, logging.WARNING) if stderr else (_RUN_LOG, logging.INFO)
+    if logger.isEnabledFor(level) and logger.hasHandlers():
+        logger.log(level, message)
+    else:
+        print(message, file=sys.stderr if stderr else sys.stdout)
 
 
 def child_argv(argv: list[str], environ: dict[str, str] | os._Environ = os.environ) -> list[str]:

@@ -17,7 +17,7 @@ Re-running the same command resumes an interrupted (or killed) run from its newe
 checkpoint and skips a completed or diverged one; `ckpt_path=null` starts it afresh.
 
 On several devices every rank runs these steps; only rank 0 locks the folder, writes the record and
-prints (see ranks.py).
+reports: its `[denselab]` lines go to the console and to the run's run.log (ranks.say).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from denselab.checkpoints import (CKPT_DIR, newest_loadable, remove_partial_save
                                   unloadable_reason)
 from denselab.config import (NOT_TRAINING, NOT_TRAINING_NESTED, SHORTHANDS, ConfigError, changed_keys,
                              training_fingerprint, used_shorthands, validate_config)
+from denselab.config.fingerprint import with_current_names
 from denselab.aggregate import read_metrics
 from denselab.data import instantiate_datamodule
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info
@@ -160,17 +161,17 @@ def finished_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
     previous, unreadable = read_metrics(job.metrics_path)
     if unreadable and job.metrics_path.exists():
         say(f"[denselab] {job.metrics_path}: {unreadable.removeprefix('metrics.json: ')}; "
-              "it is replaced by this run's record")
+            "it is replaced by this run's record")
     if not previous or cfg.ckpt_path != "last":
         return None
     _check_same_training(cfg, job.out, previous)
     if previous.get("status") == "completed":
         say(f"[denselab] {job.out} already completed (final val ppl {previous['final_val_ppl']:.3f}); "
-              "skipping. Pass ckpt_path=null to train it again.")
+            "skipping. Pass ckpt_path=null to train it again.")
         return previous
     if previous.get("status") == "diverged":
         say(f"[denselab] {job.out} diverged before ({previous.get('error')}); skipping. "
-              "Pass ckpt_path=null to train it again (with a lower lr, say).")
+            "Pass ckpt_path=null to train it again (with a lower lr, say).")
         return previous
     return None
 
@@ -208,7 +209,7 @@ def build(cfg: DictConfig, datamodule: L.LightningDataModule) -> tuple[torch.nn.
         say(f"[denselab] compile={cfg.compile}: the model runs through torch.compile (the first steps compile it)")
     params = count_parameters(net)
     say(f"[denselab] model={cfg.model.name}: {params['total']:,} parameters "
-          f"({params['dwa']:,} depth-mixing, {params['embedding']:,} in the tied embedding), vocab {vocab_size:,}")
+        f"({params['mixing']:,} depth-mixing, {params['embedding']:,} in the tied embedding), vocab {vocab_size:,}")
     return net, vocab_size, params
 
 
@@ -343,12 +344,12 @@ def write_record(cfg: DictConfig, job: Job, trainer: L.Trainer, module: Language
     log_final_metrics(trainer, record)
     atomic_write_json(job.metrics_path, record)
 
-    print(f"[denselab] final validation: loss {final['loss']:.4f}, perplexity {final['ppl']:.3f} "
-          f"over {record['final_val_tokens']:,} tokens ({trainer.global_step} steps, "
-          f"{record['tokens_per_s'] or 0:,.0f} tokens/s)")
-    print(f"[denselab] outputs: {job.out}  (metrics.json, config.yaml, checkpoints/, tensorboard/)")
+    say(f"[denselab] final validation: loss {final['loss']:.4f}, perplexity {final['ppl']:.3f} "
+        f"over {record['final_val_tokens']:,} tokens ({trainer.global_step} steps, "
+        f"{record['tokens_per_s'] or 0:,.0f} tokens/s)")
+    say(f"[denselab] outputs: {job.out}  (metrics.json, config.yaml, checkpoints/, tensorboard/)")
     if any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
-        print(f"[denselab] inspect: tensorboard --logdir {job.out / 'tensorboard'}")
+        say(f"[denselab] inspect: tensorboard --logdir {job.out / 'tensorboard'}")
     return record
 
 
@@ -395,7 +396,7 @@ def recorded_outcome(cfg: DictConfig, job: Job) -> Iterator[None]:
     except Diverged as e:
         _record(job, cfg, "diverged", e, steps=job.step)
         say(f"[denselab] diverged: {e}. Its NaN weights were not checkpointed; metrics.json says "
-              "'diverged'; a re-run skips it, ckpt_path=null trains it again.", file=sys.stderr)
+            "'diverged'; a re-run skips it, ckpt_path=null trains it again.", stderr=True)
         if not job.multirun:
             raise SystemExit(1) from None
     except (Preempted, SIGTERMException, KeyboardInterrupt) as e:
@@ -403,8 +404,8 @@ def recorded_outcome(cfg: DictConfig, job: Job) -> Iterator[None]:
         name = signal.Signals(signum).name
         _record(job, cfg, "interrupted", RuntimeError(f"stopped by {name}"), steps=job.step)
         say(f"[denselab] interrupted by {name} at step {job.step}"
-              f"{'; checkpoint saved' if job.trainer is not None else ''}: run the same command again to resume",
-              file=sys.stderr)
+            f"{'; checkpoint saved' if job.trainer is not None else ''}: run the same command again to resume",
+            stderr=True)
         if job.multirun and job.sweep_dir is not None:
             _aggregate_stopped_sweep(job.sweep_dir)
         raise SystemExit(128 + signum) from None
@@ -450,8 +451,8 @@ def _aggregate_stopped_sweep(sweep_dir: Path) -> None:
         aggregate(sweep_dir)
     except FileNotFoundError:
         return
-    print("[denselab] the sweep stopped here; run the same command again to resume it "
-          "(completed runs are skipped)", file=sys.stderr)
+    say("[denselab] the sweep stopped here; run the same command again to resume it (completed runs are skipped)",
+        stderr=True)
 
 
 def _check_same_training(cfg: DictConfig, out: Path, previous: dict) -> None:
@@ -461,7 +462,9 @@ def _check_same_training(cfg: DictConfig, out: Path, previous: dict) -> None:
         return  # a same-time run fixes its steps at its first start; checked against its config.yaml there
     now = training_fingerprint(OmegaConf.to_container(cfg, resolve=True))
     if now != previous["fingerprint"]:
-        before = OmegaConf.to_container(OmegaConf.load(out / "config.yaml")) if (out / "config.yaml").is_file() else {}
+        # today's names for keys renamed since (the fingerprint hashes them under their former names)
+        before = with_current_names(OmegaConf.to_container(OmegaConf.load(out / "config.yaml"))
+                                    if (out / "config.yaml").is_file() else {})
         diff = changed_keys(before, OmegaConf.to_container(cfg, resolve=True))
         ignored = (*NOT_TRAINING, *(".".join(path) for path in NOT_TRAINING_NESTED))
         diff = [k for k in diff if not any(k == key or k.startswith(key + ".") for key in ignored)]

@@ -1,7 +1,7 @@
 """What a run trains: `training_fingerprint` hashes the resolved config without the keys that do not
 change the training, so two runs with the same fingerprint train the same thing. A run folder is
 resumed or skipped only when its recorded fingerprint matches (train.py); `changed_keys` names what
-differs when it does not.
+differs when it does not. `RENAMED_KEYS` lists the keys renamed since runs were first recorded.
 """
 
 from __future__ import annotations
@@ -29,9 +29,39 @@ NOT_TRAINING_NESTED = (("data", "num_proc"), ("data", "cache_dir"), ("trainer", 
                        ("data", "eval_batch_size"), ("data", "final_val_windows"))
 
 
+# Keys renamed since runs were first recorded: old name → new name, within the same group. validation.py
+# refuses the old names in one line naming the new one. The fingerprint hashes each value under its old
+# name, so a run folder recorded before the rename is resumed or skipped by the same training (not refused
+# as "another configuration"), and a run records the fingerprint its training always had.
+RENAMED_KEYS = {
+    # The group holds every mixer's parameters (hyper-connection, MUDD, gains), not DWA's α alone.
+    "optim.dwa_weight_decay": "optim.mixing_weight_decay",
+    "optim.dwa_lr_scale": "optim.mixing_lr_scale",
+}
+
+
+def _rename(config: dict, pairs: dict[str, str]) -> dict:
+    """A copy of a nested config with each dotted key `a.b` of `pairs` renamed to `a.c`."""
+    config = copy.deepcopy(config)
+    for old, new in pairs.items():
+        parent, _, key = old.rpartition(".")
+        node = config
+        for part in parent.split(".") if parent else ():
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and key in node:
+            node[new.rpartition(".")[2]] = node.pop(key)
+    return config
+
+
+def with_current_names(config: dict) -> dict:
+    """A config recorded before a rename (a run folder's config.yaml), with today's key names."""
+    return _rename(config, RENAMED_KEYS)
+
+
 def training_fingerprint(resolved: dict) -> str:
     """sha256 of the resolved config without the keys that do not change what is trained."""
-    trimmed = copy.deepcopy({k: v for k, v in resolved.items() if k not in NOT_TRAINING})
+    old_names = _rename(resolved, {new: old for old, new in RENAMED_KEYS.items()})  # a copy
+    trimmed = {k: v for k, v in old_names.items() if k not in NOT_TRAINING}
     for path in NOT_TRAINING_NESTED:
         node = trimmed
         for key in path[:-1]:

@@ -1,6 +1,7 @@
 """Checks that refuse a configuration before any compute: `validate_config` raises a one-line
-`ConfigError` (`key=value: what is allowed`) for the first setting that cannot run, and
-`check_group_choices` refuses `group=option` arguments with no YAML before Hydra starts.
+`ConfigError` (`key=value: what is allowed`) for the first setting that cannot run,
+`check_group_choices` refuses `group=option` arguments with no YAML before Hydra starts, and
+`check_renamed_keys` refuses a key under its former name (Hydra would only say it does not exist).
 
 What a model node accepts is checked by the node's own constructor: validation builds the model on the
 meta device (no memory, no compute) and turns the constructor's `arg=value: allowed ...` ValueError into
@@ -19,10 +20,12 @@ from typing import Any, Callable, Iterable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from denselab.config.errors import ConfigError
+from denselab.config.fingerprint import RENAMED_KEYS
 from denselab.config.resolvers import override_key
 
 # Top-level keys of conf/config.yaml that the groups interpolate (`${depth}` …): the short names a
-# researcher sweeps on the command line.
+# researcher sweeps on the command line. `dwa_start_step` keeps the paper's name for Table 5's knob
+# ("delaying the training of the DWA weights", App. B.4), although it freezes any mixer's parameters.
 SHORTHANDS = ("depth", "width", "heads", "dilation", "dwa_period", "seq_len", "seed", "steps", "batch_size", "lr",
               "dwa_start_step")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
@@ -125,6 +128,10 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     built on the meta device only."""
     overrides = list(overrides)
     model_name = OmegaConf.select(cfg, "model.name", default="?")
+    check_renamed_keys(overrides)
+    for old in RENAMED_KEYS:  # set under its former name in a YAML, or added with +key=value
+        if _exists(cfg, old):
+            raise _renamed(old, OmegaConf.select(cfg, old))
 
     # A shorthand given on the command line must reach the model, or the sweep repeats itself.
     used = used_shorthands(cfg)
@@ -207,8 +214,8 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
     _require(cfg, "optim.lr", lambda v: _is_finite(v) and v > 0, "a finite number > 0")
     _require(cfg, "optim.betas", lambda v: len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)")
     _require(cfg, "optim.weight_decay", lambda v: _is_finite(v) and v >= 0, "finite numbers >= 0")
-    _require(cfg, "optim.dwa_weight_decay", lambda v: _is_finite(v) and v >= 0, "finite numbers >= 0")
-    _require(cfg, "optim.dwa_lr_scale", lambda v: _is_finite(v) and v >= 0, "finite numbers >= 0")
+    _require(cfg, "optim.mixing_weight_decay", lambda v: _is_finite(v) and v >= 0, "finite numbers >= 0")
+    _require(cfg, "optim.mixing_lr_scale", lambda v: _is_finite(v) and v >= 0, "finite numbers >= 0")
     start = _require(cfg, "optim.dwa_start_step", lambda v: _is_int(v) and v >= 0, "integers >= 0")
     _require(cfg, "optim.warmup_fraction", lambda v: _is_num(v) and 0 <= v < 1, "0 <= warmup_fraction < 1")
     _require(cfg, "optim.warmup_steps", lambda v: v is None or (_is_int(v) and v >= 0), "null or integers >= 0")
@@ -262,13 +269,43 @@ def _meta_mixing_parameters(cfg: DictConfig, model_name: str) -> int:
             raise _fail(cfg, key, OmegaConf.select(cfg, key), argument["allowed"]) from None
         # Any other refusal (or an argument the config does not set): the constructor's first line.
         raise ConfigError(f"model={model_name}: {cause}".splitlines()[0]) from None
-    return count_parameters(model)["dwa"]
+    return count_parameters(model)["mixing"]
+
+
+def _renamed(old: str, value: Any) -> ConfigError:
+    new = RENAMED_KEYS[old]
+    return ConfigError(f"{old}={value}: renamed {new} (the group holds every mixer's parameters, not DWA's alone); "
+                       f"pass {new}={value}")
+
+
+def check_renamed_keys(overrides: Iterable[str]) -> None:
+    """Refuse a command-line override that names a key by its former name (fingerprint.RENAMED_KEYS),
+    before Hydra, which would refuse it only as a key that does not exist."""
+    for o in overrides:
+        if "=" in o and (key := override_key(o)) in RENAMED_KEYS:
+            raise _renamed(key, o.split("=", 1)[1])
+
+
+def public_options(conf_dir: str | Path, group: str) -> list[str]:
+    """The options of a config group a user chooses from: its YAMLs, less the private `_name.yaml`
+    ones that other options of the group build on (data/_hub, experiment/_paper, scale/_scaled, ...)."""
+    return sorted(p.stem for p in (Path(conf_dir) / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _groups(conf_dir: Path) -> list[str]:
+    return sorted(p.name for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def config_groups_help(conf_dir: str | Path) -> str:
+    """`group: option, option, ...`, one line a group, for `run.py --help` (conf/hydra/default.yaml):
+    Hydra's own list ($APP_CONFIG_GROUPS) shows the private options too."""
+    return "\n".join(f"{group}: {', '.join(public_options(conf_dir, group))}" for group in _groups(Path(conf_dir)))
 
 
 def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:
     """Refuse `group=option` arguments naming an option that has no YAML, before Hydra starts."""
     conf_dir = Path(conf_dir)
-    groups = {p.name for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"}
+    groups = set(_groups(conf_dir))
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -276,7 +313,7 @@ def check_group_choices(argv: list[str], conf_dir: str | Path) -> None:
         key = key.lstrip("+~")
         if key not in groups or any(c in value for c in "()[]{}$"):
             continue  # not a group, or a sweep expression Hydra must interpret
-        options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml") if not p.stem.startswith("_"))
+        options = public_options(conf_dir, key)
         for choice in value.split(","):
             choice = choice.strip()
             if choice and choice != "null" and choice not in options:

@@ -51,9 +51,10 @@ def build_model(model_cfg: DictConfig, vocab_size: int, device: str | torch.devi
 
 
 def count_parameters(model: GPT) -> dict[str, int]:
-    """Unique parameters (tied weights once): total, the depth-mixing share ('dwa'), the embedding."""
+    """Unique parameters (tied weights once): total, the depth-mixing share ('mixing': the mixer's
+    parameters, metrics.json's `params.mixing`), the embedding."""
     groups = model.parameter_groups()
     total = sum(p.numel() for ps in groups.values() for _, p in ps)
-    dwa = sum(p.numel() for _, p in groups["dwa"])
+    mixing = sum(p.numel() for _, p in groups["mixing"])
     embedding = model.wte.weight.numel()
-    return {"total": total, "dwa": dwa, "embedding": embedding, "non_embedding": total - embedding}
+    return {"total": total, "mixing": mixing, "embedding": embedding, "non_embedding": total - embedding}

@@ -45,7 +45,7 @@ def parameter_rows(depth: int = 48, width: int = 768, heads: int = 12, vocab_siz
         for name in node_names(conf_dir):
             cfg = compose("config", overrides=[f"model={name}", f"depth={depth}", f"width={width}", f"heads={heads}"])
             counts = count_parameters(build_model(cfg.model, vocab_size, device="meta"))
-            rows.append({"model": name, "extra": counts["dwa"], "total": counts["total"],
+            rows.append({"model": name, "extra": counts["mixing"], "total": counts["total"],
                          "description": description(name, conf_dir)})
     return rows
 

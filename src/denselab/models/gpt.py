@@ -189,7 +189,7 @@ class GPT(nn.Module):
         max_seq_len: longest sequence the rotary tables cover.
         dropout: on attention probabilities and residual branches, only while training.
         mixer: a module `mixer(x0, blocks, rotary) -> hidden` (see the other modules of this package).
-            Every parameter it owns is a depth-mixing parameter (the optimiser's "dwa" group).
+            Every parameter it owns is a depth-mixing parameter (the optimiser's "mixing" group).
     """
 
     def __init__(
@@ -261,11 +261,12 @@ class GPT(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Parameters by optimiser role: 'decay' (matrices of the linears), 'no_decay' (norms, the
-        tied embedding) and 'dwa' (every parameter of the mixer: α, gains, λ, ...)."""
-        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"decay": [], "no_decay": [], "dwa": []}
+        tied embedding) and 'mixing' (every parameter of the mixer: DWA α, gains, λ, MUDD and
+        hyper-connection weights, ...)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"decay": [], "no_decay": [], "mixing": []}
         for name, p in self.named_parameters():  # the tied lm_head weight is listed once, as wte.weight
             if name.startswith("mixer."):
-                groups["dwa"].append((name, p))
+                groups["mixing"].append((name, p))
             elif p.dim() >= 2 and name != "wte.weight":
                 groups["decay"].append((name, p))
             else:

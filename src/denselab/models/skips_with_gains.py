@@ -10,7 +10,7 @@ experiments/models/base_w_gains.py), for every block i:
 
 so the untrained model is the Transformer. Extra parameters: 2d (96 at depth 48). The official code
 puts the gains in its weight-decayed group; here they are in the depth-mixing group like all
-mixing parameters (`optim.dwa_weight_decay`).
+mixing parameters (`optim.mixing_weight_decay`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from denselab.aggregate import is_finite
+from denselab.aggregate import is_finite, mixing_parameters
 from denselab.models import num_dwa_parameters
 from denselab.report.runs import Run, grouped
 
@@ -109,7 +109,7 @@ def summarize_group(runs: list[Run]) -> dict[str, Any]:
         out.update(ours_params_m=round(m["params"]["total"] / 1e6, 3), ours_steps=m["steps"],
                    ours_depth=hp.get("depth"), ours_width=hp.get("width"))
         if hp.get("model") in DWA_PATTERNS:  # Tables 3, 7: the share of a full DWA's α that are absent
-            out["ours_sparsity"] = round(1 - m["params"]["dwa"] / num_dwa_parameters(hp["depth"]), 3)
+            out["ours_sparsity"] = round(1 - mixing_parameters(m) / num_dwa_parameters(hp["depth"]), 3)
     out["errors"] = "; ".join(sorted({r.error for r in runs if r.failed or r.diverged} - {""}))
     return out
 
@@ -153,7 +153,7 @@ def build_table(runs: list[Run], table: str | None, match: list[str]) -> pd.Data
     ours = []
     for g in groups:
         hp = next((r.hparams for r in g if r.hparams), {})
-        has_mixing = any((r.metrics or {}).get("params", {}).get("dwa", 0) > 0 for r in g)
+        has_mixing = any((mixing_parameters(r.metrics or {}) or 0) > 0 for r in g)
         ours.append((our_key(hp, has_mixing, match) if hp else None, hp, g))
     used: set[int] = set()
     rows: list[dict[str, Any]] = []
