@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from denselab import checkpoints
 from denselab.checkpoints import CheckpointError
-from denselab.data.tokenizers import get_tokenizer
+from denselab.data.tokenizers import BpeTokenizer, get_tokenizer
 from denselab.models import GPT, build_model, padded_vocab_size
 
 DEFAULTS: dict[str, Any] = {"ckpt": None, "prompt": "\n", "max_new_tokens": 100, "temperature": 0.8, "top_k": 200,
@@ -72,7 +72,12 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[GPT, Any, di
     config = checkpoint.get("denselab_config")
     if not config or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: no denselab_config / state_dict in this checkpoint (not written by run.py?)")
-    tokenizer = get_tokenizer(config["data"]["tokenizer"])
+    if config["data"]["tokenizer"] == "bpe":  # trained on the run's data, stored in its checkpoints
+        if "denselab_tokenizer_json" not in checkpoint:
+            raise CheckpointError(f"{path}: data.tokenizer=bpe but the checkpoint holds no tokenizer")
+        tokenizer = BpeTokenizer(json_text=checkpoint["denselab_tokenizer_json"])
+    else:
+        tokenizer = get_tokenizer(config["data"]["tokenizer"])
     model_cfg = OmegaConf.create(config["model"])
     model = build_model(model_cfg, padded_vocab_size(tokenizer.vocab_size, model_cfg.vocab_multiple), device)
     weights = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}

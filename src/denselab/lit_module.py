@@ -112,6 +112,12 @@ class LanguageModel(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_val_loss"] = self.best_val_loss
         checkpoint["denselab_config"] = self.config
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer_spec", "")
+        if tokenizer.startswith("bpe:"):  # a BPE trained on the run's data travels with its weights
+            from denselab.data.tokenizers import get_tokenizer
+
+            checkpoint["denselab_tokenizer_json"] = get_tokenizer(tokenizer).json_text
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_val_loss = checkpoint.get("best_val_loss", math.inf)

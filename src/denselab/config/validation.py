@@ -189,6 +189,9 @@ def validate_config(cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
         raise _fail(cfg, "batch_size", batch, allowed)
     _require(cfg, "data.batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1")
     _require(cfg, "data.num_proc", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    if OmegaConf.select(cfg, "data.tokenizer") == "bpe":
+        _require(cfg, "data.bpe_vocab_size", lambda v: _is_int(v) and 258 <= v <= 65535,
+                 "integers 258..65535 (256 bytes, the end-of-text token and at least one merge; token ids are uint16)")
     for key in ("data.val_windows", "data.final_val_windows"):
         _require(cfg, key, lambda v: v is None or (_is_int(v) and v >= 1), "null (all windows) or integers >= 1")
     from denselab.data.prepare import VERIFY_MODES

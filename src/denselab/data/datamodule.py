@@ -11,6 +11,7 @@ window once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import mmap
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from denselab.config import ConfigError
 from denselab.data.corpus import PythonStdlib, TextFiles
 from denselab.data.hub import HubDataset
-from denselab.data.prepare import prepare_tokens, prepared_dir
+from denselab.data.prepare import prepare_bpe, prepare_tokens, prepared_dir
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,11 @@ class TokenDataModule(L.LightningDataModule):
         final_val_windows: int | None = None,
         eval_batch_size: int | None = None,
         verify_bins: str = "auto",
+        bpe_vocab_size: int = 2048,
     ):
         super().__init__()
         self.source, self.tokenizer = source, tokenizer
+        self.bpe_vocab_size = bpe_vocab_size
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.cache_dir, self.num_proc = cache_dir, num_proc
         self.val_windows, self.final_val_windows = val_windows, final_val_windows
@@ -158,13 +161,20 @@ class TokenDataModule(L.LightningDataModule):
         self.meta: dict | None = None
         self._prepared = False
 
+    @functools.cached_property
+    def tokenizer_spec(self) -> str:
+        """'byte', 'gpt2' or 'bpe:<path>' (the BPE is trained here on first use: see tokenizers.py)."""
+        if self.tokenizer == "bpe":
+            return prepare_bpe(self.source, self.bpe_vocab_size, self.cache_dir, self.num_proc)
+        return self.tokenizer
+
     @property
     def directory(self) -> Path:
-        return prepared_dir(self.source, self.tokenizer, self.cache_dir)
+        return prepared_dir(self.source, self.tokenizer_spec, self.cache_dir)
 
     def prepare_data(self) -> None:
         if not self._prepared:  # train.py prepares before building the model; Lightning asks again
-            prepare_tokens(self.source, self.tokenizer, self.cache_dir, self.num_proc, self.verify_bins)
+            prepare_tokens(self.source, self.tokenizer_spec, self.cache_dir, self.num_proc, self.verify_bins)
             self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:

