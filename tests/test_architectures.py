@@ -126,13 +126,17 @@ def test_parameter_counts_at_the_papers_size():
     assert extra["skips_with_gains"] == extra["x0_shortcut"] == 96
     assert extra["last_k"] == 2 + 3 + 4 + 45 * 5  # X_0 plus the min(i, 4) most recent outputs
     assert extra["connect_to_last"] == 49
-    assert extra["elc_bert"] == 48 * 49 // 2 - 1  # no logit for block 1, which has a single source
+    # no logit for block 1, which has a single source; the reference layers add a LayerNorm (gain, bias) per block
+    assert extra["elc_bert"] == extra["elc_bert_skips_zero_init"] == 48 * 49 // 2 - 1 + 2 * 768 * 48
+    assert extra["elc_bert_skips"] == 48 * 49 // 2 - 1
     assert extra["value_residual_learnable"] == 2 * 47
     assert extra["hyper_connections"] == 96 * (4 * 4 + 2 * 4)
     assert extra["hyper_connections_dynamic"] == extra["hyper_connections"] + 96 * (768 * 7 + 2)  # incl. the norm gain
     assert extra["attn_res"] == extra["attn_res_block"] == 2 * 97 * 768
-    assert extra["mudd"] == sum(768 * h + h * h + h for h in (4 * (i + 1) for i in range(1, 48))) + sum(
-        (768 * h + h * 49 + 49) for h in [49])
+    # MUDD as released: hidden (H // 64 + 1)·64, the last block's H × 4, LN_k and LN_v for blocks 2..48
+    assert extra["mudd"] == sum(768 * h + h * 4 * (i + 1) + 4 * (i + 1)
+                                for i, h in ((i, (4 * (i + 1) // 64 + 1) * 64) for i in range(1, 48))) + (
+        768 * 256 + 256 * 49 + 49) + 2 * 768 * 47
 
 
 def test_readme_table_is_the_computed_one():
