@@ -16,7 +16,7 @@ FIGURES := fig2b fig3 fig3c fig4 fig5 fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig1
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint test-all sweep aggregate plan tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-data \
-	clean clean-all report figures all $(TABLES) $(FIGURES)
+	clean clean-all report figures all league $(TABLES) $(FIGURES)
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -61,8 +61,9 @@ table8:   ## Table 8: width sweep at 24 blocks, batch 128
 longseq:  ## §4.1: sequences of 512, batch 128
 figures:  ## every figure: 2b, 3a/b, 3c, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15 (see experiments/)
 all:      ## every table, then every figure
+league:   ## beyond the paper: every depth-mixing node vs the Transformer, paired seeds (experiments/league/)
 
-$(TABLES) $(FIGURES): install
+$(TABLES) $(FIGURES) league: install
 	$(PY) run.py -m experiment=$@ scale=$(SCALE) $(if $(and $(filter table4,$@),$(filter paper,$(SCALE))),data=pg19) $(ARGS)
 
 figures: $(FIGURES)

@@ -10,7 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from denselab.io import atomic_write_json, atomic_write_text, git_info
-from denselab.report import analysis, figures
+from denselab.report import analysis, figures, league
 from denselab.report.runs import Run, expected_runs, run_info, select, sweep_dir
 from denselab.report.tables import build_table, for_csv, label
 
@@ -189,6 +189,7 @@ def singular_values(runs: list[Run], cfg: DictConfig, title: str, stem: Path) ->
 
 
 ANALYSES = {
+    "league": league.league,  # every node against the Transformer (conf/experiment/league.yaml)
     "alpha_heatmaps": alpha_heatmaps,
     "alpha_evolution": alpha_evolution,
     "embedding_similarity": embedding_similarity,
@@ -240,6 +241,9 @@ def write_readme(name: str, folder: Path) -> Path:
         lines.append(f"| {info['scale']} | {info['completed']} / {info['expected']} | {info['failed']}{diverged} | "
                      f"{_duration(info['span_s'])} | {_duration(info['job_time_s'])} | {'; '.join(info['machines'])} | "
                      f"{', '.join(c[:10] for c in info['commits'])} | {files} |")
+    for table in sorted(folder.glob(f"*/{name}.md")):  # a report's own markdown table (the league's)
+        if table.parent.name != "smoke":
+            lines += ["", f"### {table.parent.name}", "", table.read_text().rstrip()]
     path = folder / "README.md"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -276,7 +280,7 @@ def _gpu_cost_lines(name: str, source: str | None) -> list[str]:
 def write_index(folder: Path) -> Path:
     """experiments/README.md: one line per experiment, in the Makefile's order."""
     def order(n: str) -> tuple:
-        group = 0 if n.startswith("table") else 1 if n == "longseq" else 2
+        group = 0 if n.startswith("table") else 1 if n == "longseq" else 2 if n.startswith("fig") else 3  # 3: league
         return group, int("".join(c for c in n if c.isdigit()) or 0), n
 
     names = sorted((p.stem for p in (CONF / "experiment").glob("[!_]*.yaml")), key=order)

@@ -1,0 +1,258 @@
+"""The league (conf/experiment/league.yaml): every depth-mixing node against the Transformer under one
+harness, as a table sorted by perplexity (`league.csv`, `league.md`) and a figure (`league.png`).
+
+Every node trains on the same tokens (steps × batch × sequence), with the same optimiser, schedule and
+seeds, and for a seed from the same embedding and block weights (`models.build_model` builds the mixer
+under a forked random state). So the comparison is at matched tokens, and what each node costs beside
+its perplexity is reported, not equalised:
+
+* `params`, `mixing_params`: all parameters, and the node's own (its mixer's: what it adds).
+* `train_flops_per_token`, `extra_flops_pct`: the FLOPs of one forward pass of the run's model, counted
+  op by op (matrix products as 2·m·n·k, the attention as `torch.utils.flop_counter` counts it, every
+  element-wise op as one FLOP per output element, fused multiply-adds as two), times 3 for forward and
+  backward, per token. Counting the ops, rather than 6·N as `denselab.plan` estimates, sees the mixing
+  work that has no parameters behind it: hyper-connections' n streams, AttnRes's and MUDD's per-token
+  weighted sums, ELC-BERT's softmax mix. The model is built on the meta device, so nothing is computed.
+* `ours_train_time_s`, `train_time_ratio`; `ours_inference_bps`, `inference_speed_ratio`: the measured
+  training time and inference speed (metrics.json), as a ratio to the Transformer's on the same sweep.
+
+The perplexity columns, and the paired difference to the Transformer with its 95 % confidence interval
+(`diff_*`), are `report.tables.build_table`'s; the Transformer is the league's first row.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils.flop_counter import flop_registry  # noqa: E402
+
+from denselab.io import atomic_write_text  # noqa: E402
+from denselab.report.runs import Run, grouped  # noqa: E402
+from denselab.report.tables import build_table, for_csv, label  # noqa: E402
+from hydra_plugins.denselab_sweeper.rows_sweeper import override_key  # noqa: E402
+
+# Display names of the nodes tables.label does not know; any other node shows its `model=` name.
+NAMES = {
+    "elc_bert": "ELC-BERT", "elc_bert_skips": "ELC-BERT + Skips", "elc_bert_skips_zero_init": "ELC-BERT + Skips + 0-Init",
+    "mudd": "MUDDFormer", "hyper_connections": "Hyper-Connections (static)",
+    "hyper_connections_dynamic": "Hyper-Connections (dynamic)", "value_residual": "ResFormer",
+    "value_residual_learnable": "Learnable-ResFormer", "x0_shortcut": "x0-shortcut", "attn_res": "AttnRes (full)",
+    "attn_res_block": "AttnRes (block)",
+}
+ROW_KEYS = ("model", "dilation", "dwa_period", "seed")  # what the row name already says
+
+COLUMNS = ["rank", "row", "model", "status", "ours_n", "ours_ppl", "ours_ppl_stderr", "diff_reference", "diff_ppl",
+           "diff_ppl_ci95_low", "diff_ppl_ci95_high", "diff_n", "diff_test", "diff_resolved", "params",
+           "mixing_params", "tokens", "train_flops_per_token", "extra_flops_pct", "ours_train_time_s",
+           "ours_train_time_s_stderr", "train_time_ratio", "ours_train_bps", "ours_train_bps_stderr",
+           "ours_inference_bps", "ours_inference_bps_stderr", "inference_speed_ratio", "ours_steps", "ours_depth",
+           "ours_width", "ours_diverged", "ours_failed", "ours_missing", "errors"]
+
+
+# -- FLOPs, counted -------------------------------------------------------------------------------
+
+FUSED_MULTIPLY_ADD = {torch.ops.aten.addcmul, torch.ops.aten.addcdiv, torch.ops.aten.lerp}
+
+
+class _CountFlops(TorchDispatchMode):
+    """Sums the FLOPs of every op run inside it: torch's formula for the ops it has one for (matrix
+    products, attention, convolutions), one per output element for element-wise ops, two for fused
+    multiply-adds. Reductions, copies and indexing (the embedding lookup) count nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            self.flops += int(flop_registry[packet](*args, **kwargs, out_val=out))
+        elif torch.Tag.pointwise in func.tags:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            per_element = 2 if packet in FUSED_MULTIPLY_ADD else 1
+            self.flops += per_element * sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
+        return out
+
+
+def train_flops_per_token(model_cfg: DictConfig, vocab_size: int, seq_len: int) -> float:
+    """3 × the counted FLOPs of one forward pass over a window of `seq_len` tokens, per token, of the
+    model `model_cfg` builds (on the meta device). A DWA-style node is counted through its readable
+    implementation, which does the same multiply-adds as the fast one (which the meta device cannot run)."""
+    from denselab.models import build_model
+
+    model_cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    mixer = model_cfg.net.get("mixer")
+    if mixer is not None and "implementation" in mixer:
+        mixer.implementation = "reference"
+    net = build_model(model_cfg, vocab_size, device="meta")
+    counter = _CountFlops()
+    with torch.no_grad(), counter:
+        net(torch.zeros(1, seq_len, dtype=torch.long, device="meta"))
+    return 3.0 * counter.flops / seq_len
+
+
+def _run_flops(run: Run) -> float | None:
+    """train_flops_per_token of the model a run trained (its config.yaml), None without one."""
+    config = run.dir / "config.yaml"
+    if not config.is_file() or not run.metrics or "vocab_size" not in run.metrics:
+        return None
+    cfg = OmegaConf.load(config)
+    return train_flops_per_token(cfg.model, int(run.metrics["vocab_size"]), int(cfg.seq_len))
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+def _name(model: str, kxp: Any, extra: str) -> str:
+    """"4x5-DenseFormer", "MUDDFormer", ...; a row's other overrides in brackets."""
+    name = NAMES.get(model) or label(model, *(kxp.split("x") if isinstance(kxp, str) else (None, None)))
+    return f"{name} ({extra})" if extra else name
+
+
+def _costs(group: list[Run]) -> dict[str, Any]:
+    done = [r for r in group if r.ok]
+    if not done:
+        return {}
+    m = done[0].metrics
+    params = m["params"]
+    return {"params": params["total"], "mixing_params": params.get("mixing", params.get("dwa")), "tokens": m.get("tokens"),
+            "train_flops_per_token": _run_flops(done[0])}
+
+
+def league_table(runs: list[Run], command_line: list[str] = ()) -> pd.DataFrame:
+    """One row per node (per row of the league's YAML), sorted by mean perplexity (rows without one
+    last), with the costs of the module docstring. `command_line`: the sweep's own overrides, which
+    every row shares (left out of the row names)."""
+    groups = grouped(runs)
+    table = build_table(runs, None, [])  # one row per group, in the same order; the first with results is the reference
+    shared = {override_key(o) for o in command_line} | set(ROW_KEYS)
+    names = []
+    for i, group in enumerate(groups):
+        overrides = dict(o.split("=", 1) for o in group[0].row)  # a row that never ran has no hparams: its overrides
+        table.at[i, "model"] = overrides.get("model", table.at[i, "model"])
+        if not isinstance(table.at[i, "k_x_p"], str) and "dilation" in overrides:
+            table.at[i, "k_x_p"] = f"{overrides['dilation']}x{overrides.get('dwa_period', 1)}"
+        extra = " ".join(o for o in group[0].row if override_key(o) not in shared)
+        names.append(_name(table.at[i, "model"], table.at[i, "k_x_p"], extra))
+        for key, value in _costs(group).items():
+            table.loc[i, key] = value
+    if "diff_reference" in table:  # the reference row's label, as build_table wrote it: its name
+        table["diff_reference"] = table["diff_reference"].map(dict(zip(table["row"][::-1], names[::-1])))
+    table["row"] = names  # by position: two rows of one node (a variant) share build_table's label
+    reference = table[table["ours_n"].fillna(0) > 0].head(1)  # build_table's reference: the Transformer
+    if len(reference):
+        ref = lambda column: pd.to_numeric(reference[column], errors="coerce").iloc[0]  # noqa: E731
+        table["extra_flops_pct"] = 100 * (table["train_flops_per_token"] / ref("train_flops_per_token") - 1)
+        table["train_time_ratio"] = table["ours_train_time_s"] / ref("ours_train_time_s")
+        table["inference_speed_ratio"] = table["ours_inference_bps"] / ref("ours_inference_bps")
+    table = table.sort_values("ours_ppl", na_position="last", kind="stable").reset_index(drop=True)
+    table.insert(0, "rank", [i + 1 if ok else None for i, ok in enumerate(table["ours_ppl"].notna())])
+    for column in ("rank", "params", "mixing_params", "tokens", "diff_n"):
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    first = [c for c in COLUMNS if c in table.columns]
+    return table[first].round(4)
+
+
+# -- markdown -------------------------------------------------------------------------------------
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA else format(x, spec)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The league as a markdown table (the README's and the closing note's)."""
+    lines = ["| # | node | `model=` | params | mixing params | perplexity ± SE (n) | Δ vs Transformer [95 % CI] | "
+             "extra FLOPs | training time | inference speed |",
+             "| ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
+    for r in table.to_dict("records"):
+        ppl = f"{_fmt(r['ours_ppl'])} ± {_fmt(r.get('ours_ppl_stderr')) or '–'} ({r['ours_n']})" if _fmt(
+            r["ours_ppl"]) else r["status"]
+        diff = f"{r['diff_ppl']:+.3f}" if _fmt(r.get("diff_ppl")) else ""
+        if diff and _fmt(r.get("diff_ppl_ci95_low")):
+            diff += f" [{r['diff_ppl_ci95_low']:+.3f}, {r['diff_ppl_ci95_high']:+.3f}]"
+            diff = f"**{diff}**" if r.get("diff_resolved") is True else diff  # the interval excludes 0
+        elif diff:
+            diff += f" ({r.get('diff_test')}: no interval)"
+        ratio = lambda key: f"×{r[key]:.2f}" if _fmt(r.get(key)) else ""  # noqa: E731
+        flops = f"{r['extra_flops_pct']:+.2f} %" if _fmt(r.get("extra_flops_pct")) else ""
+        lines.append(f"| {_fmt(r['rank'], 'd')} | {r['row']} | `{r['model']}` | {_fmt(r.get('params'), ',d')} | "
+                     f"{_fmt(r.get('mixing_params'), ',d')} | {ppl} | {diff} | {flops} | {ratio('train_time_ratio')} | "
+                     f"{ratio('inference_speed_ratio')} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- the figure -----------------------------------------------------------------------------------
+
+def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
+    """(a) the paired difference to the Transformer with its 95 % CI, per node in league order;
+    perplexity (± SE over seeds) against (b) training time and (c) the node's own parameters."""
+    done = table[table["ours_ppl"].notna()]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 0.32 * len(table) + 3.2))
+    ax = axes[0]
+    y = np.arange(len(done))
+    diff = pd.to_numeric(done.get("diff_ppl"), errors="coerce") if "diff_ppl" in done else pd.Series(np.nan, done.index)
+    low = pd.to_numeric(done.get("diff_ppl_ci95_low"), errors="coerce") if "diff_ppl_ci95_low" in done else diff * np.nan
+    high = pd.to_numeric(done.get("diff_ppl_ci95_high"), errors="coerce") if "diff_ppl_ci95_high" in done else diff * np.nan
+    resolved = done.get("diff_resolved", pd.Series(False, done.index)).fillna(False).astype(bool)
+    for yi, d, lo, hi, res in zip(y, diff, low, high, resolved):
+        if math.isnan(d):  # the reference itself
+            ax.plot(0, yi, "s", color="tab:red")
+            continue
+        xerr = None if math.isnan(lo) else [[d - lo], [hi - d]]
+        ax.errorbar(d, yi, xerr=xerr, fmt="o", capsize=3, color="tab:blue" if res else "tab:gray")
+    ax.axvline(0, color="tab:red", ls="--", lw=1)
+    ax.set_yticks(y, done["row"])
+    ax.invert_yaxis()
+    ax.set_xlabel("Δ perplexity vs the Transformer (paired; bars: 95 % CI)")
+    ax.set_title("(a) paired difference (blue: CI excludes 0)", fontsize=10)
+    reference = done.iloc[0:0]
+    if "diff_reference" in done and done["diff_reference"].notna().any():
+        reference = table[table["row"] == done["diff_reference"].dropna().iloc[0]]
+    for ax, x, xlabel, tag in ((axes[1], "ours_train_time_s", "training time (s)", "(b)"),
+                               (axes[2], "mixing_params", "the node's own parameters (symlog)", "(c)")):
+        rows = done.dropna(subset=[x]) if x in done else done.iloc[0:0]
+        xerr = pd.to_numeric(rows.get(f"{x}_stderr"), errors="coerce").fillna(0) if f"{x}_stderr" in rows else None
+        yerr = pd.to_numeric(rows["ours_ppl_stderr"], errors="coerce").fillna(0)
+        for (_, r), xe, ye in zip(rows.iterrows(), xerr if xerr is not None else [0] * len(rows), yerr):
+            ax.errorbar(float(r[x]), r["ours_ppl"], yerr=ye, xerr=xe, fmt="s" if r["model"] == "transformer" else "o",
+                        capsize=2, color="tab:red" if r["model"] == "transformer" else "tab:blue")
+            ax.annotate(r["row"], (float(r[x]), r["ours_ppl"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        if len(reference) and not math.isnan(reference["ours_ppl"].iloc[0]):
+            ax.axhline(reference["ours_ppl"].iloc[0], color="tab:red", ls="--", lw=1, label="Transformer")
+            ax.legend(fontsize=7)
+        if x == "mixing_params":  # from 0 (the Transformer, ResFormer) to millions (MUDD at the paper's size)
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set_xlim(-1, 3 * max([10.0, *rows[x].astype(float)]))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("final validation perplexity (± SE over seeds)")
+        ax.set_title(f"{tag} perplexity vs {xlabel.split(' (')[0]}", fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+def league(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
+    """build.ANALYSES["league"]: league.csv, league.md and league.png under `stem`."""
+    command_line = list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
+    table = league_table(runs, command_line)
+    csv, md, png = (Path(f"{stem}.{ext}") for ext in ("csv", "md", "png"))
+    atomic_write_text(csv, for_csv(table).to_csv(index=False))
+    atomic_write_text(md, markdown(table))
+    return [csv, figure(table, title, png), md]
