@@ -16,7 +16,7 @@ FIGURES := fig2b fig3 fig3c fig4 fig5 fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig1
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test lint test-all sweep aggregate plan tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-data \
-	clean clean-all report figures all league $(TABLES) $(FIGURES)
+	clean clean-all report claims figures all league $(TABLES) $(FIGURES)
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ plan: install  ## the jobs of a table, which are done, and the GPU-hours of the 
 
 report: install  ## redraw a report from its runs: make report E=table1 SCALE=mini
 	$(PY) -m denselab.report experiment=$(E) scale=$(SCALE) $(ARGS)
+
+claims: install  ## the paper's claims against the committed results: experiments/claims.csv, experiments/README.md
+	$(PY) -m denselab.report --claims
 
 tensorboard: install  ## serve TensorBoard over every run and sweep in logs/
 	$(VENV)/bin/tensorboard --logdir logs

@@ -43,7 +43,7 @@ def test_default_config_is_valid():
     (["trainer.devices=auto"], "trainer.devices='auto': allowed integers >= 1 (the global batch is split over the devices"),
     (["trainer.strategy=fsdp"], "trainer.strategy='fsdp': allowed one of auto, ddp"),
     (["compile=maybe"], "compile='maybe': allowed true, false or auto (on CUDA only)"),
-    (["data.tokenizer=bpe"], "data.tokenizer='bpe': allowed one of byte, gpt2"),
+    (["data.tokenizer=sentencepiece"], "data.tokenizer='sentencepiece': allowed one of byte, gpt2, bpe"),
     (["optim.warmup_fraction=1.5"], "optim.warmup_fraction=1.5: allowed 0 <= warmup_fraction < 1"),
     (["trainer.precision=8-bit"], "trainer.precision='8-bit': allowed one of 32-true"),
     (["model.net.max_seq_len=64", "seq_len=128"], "seq_len=128: allowed <= model.net.max_seq_len=64 (data.seq_len)"),

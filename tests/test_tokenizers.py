@@ -68,5 +68,59 @@ def test_byte_tokenizer_round_trips_unicode_and_reserves_256_for_end_of_text():
 
 
 def test_unknown_tokenizer_names_the_allowed_ones():
-    with pytest.raises(ValueError, match="allowed values are byte, gpt2"):
+    with pytest.raises(ValueError, match="allowed values are byte, gpt2, bpe"):
         get_tokenizer("sentencepiece")
+
+
+# -- tokenizer=bpe: trained on the corpus's training split ------------------------------------------
+
+PYTHON_DOCS = [f'def f{i}(x):\n    """Return x plus {i}."""\n    return x + {i}\n' for i in range(300)]
+
+
+def test_bpe_training_is_deterministic_and_round_trips():
+    from denselab.data.tokenizers import BpeTokenizer, train_bpe
+
+    first, again = train_bpe(iter(PYTHON_DOCS), 300), train_bpe(iter(PYTHON_DOCS), 300)
+    assert first == again  # the same texts give the same tokenizer.json (the cache's hash relies on it)
+    tok = BpeTokenizer(json_text=first)
+    assert tok.vocab_size == 300 and tok.decode([tok.eot_token]) == ""
+    text = PYTHON_DOCS[7] + "naïve ∑"  # bytes the training texts never held still encode (byte-level)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text.encode()) / 2  # merges learned from the corpus: fewer tokens than bytes
+
+
+def test_bpe_is_trained_once_on_the_training_split_and_reused(tmp_path, caplog):
+    import logging
+
+    from denselab.data import TextFiles, TokenDataModule
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join('{"text": %s}\n' % __import__("json").dumps(d) for d in PYTHON_DOCS))
+    source = TextFiles([str(docs)], [], 0.1, "text", cache_dir=str(tmp_path / "hf"))
+
+    def data():
+        return TokenDataModule(source, tokenizer="bpe", seq_len=8, batch_size=2, seed=0,
+                               cache_dir=str(tmp_path / "cache"), bpe_vocab_size=300)
+
+    with caplog.at_level(logging.INFO, logger="denselab.data.prepare"):
+        first = data()
+        first.prepare_data()
+        first.setup()
+    assert sum("Training a 300-token BPE" in r.message for r in caplog.records) == 1
+    path = first.tokenizer_spec.removeprefix("bpe:")
+    assert path.endswith("-bpe300/tokenizer.json") and first.vocab_size == 300
+    assert first.meta["tokenizer_files_sha256"]["tokenizer.json"]  # tokens are tied to this tokenizer.json
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="denselab.data.prepare"):
+        second = data()
+        second.prepare_data()
+    assert not any("Training" in r.message for r in caplog.records)
+    assert any("Reusing tokenized data" in r.message for r in caplog.records)
+
+
+def test_bpe_vocab_size_out_of_range_is_refused_before_training():
+    from tests.test_config import refusal
+
+    assert "data.bpe_vocab_size=100000: allowed integers 258..65535" in refusal("data.tokenizer=bpe",
+                                                                                   "data.bpe_vocab_size=100000")

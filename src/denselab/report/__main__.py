@@ -1,5 +1,6 @@
 """python -m denselab.report experiment=<name> [scale=mini] [the other overrides the sweep was run with]
-python -m denselab.report --readmes      # regenerate every experiments/<name>/README.md"""
+python -m denselab.report --readmes      # regenerate every experiments/<name>/README.md (and the index below)
+python -m denselab.report --claims       # the claims scoreboard: experiments/claims.csv and experiments/README.md"""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ def main(argv: list[str]) -> int:
         for path in sorted((ROOT / "conf" / "experiment").glob("[!_]*.yaml")):
             print(f"[denselab] wrote {write_readme(path.stem, ROOT / 'experiments' / path.stem)}")
         print(f"[denselab] wrote {write_index(ROOT / 'experiments')}")
+        return 0
+    if argv == ["--claims"]:  # experiments/README.md's scoreboard and experiments/claims.csv, from the committed CSVs
+        from denselab.report.build import write_index
+
+        print(f"[denselab] wrote {write_index(ROOT / 'experiments')} and {ROOT / 'experiments' / 'claims.csv'}")
         return 0
     if not any(a.startswith("experiment=") for a in argv):
         print("usage: python -m denselab.report experiment=<name> [scale=smoke|mini|paper] [overrides ...]",

@@ -4,6 +4,7 @@
     embedding_similarity   cosine similarity of each DWA output with the input embedding (Figs. 5, 8)
     pruned_perplexity      perplexity after zeroing the smallest x % of the α (Fig. 6)
     singular_values        ranked singular values of the weight matrices (Fig. 12)
+    seed_spread            mean, standard deviation, minimum and maximum over seeds (the figures' spread)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -118,3 +120,11 @@ def singular_values(net: GPT) -> dict[str, list[float]]:
              "mlp_up": [b.mlp.c_fc.weight for b in net.blocks], "embedding": [net.wte.weight]}
     return {k: torch.stack([torch.linalg.svdvals(w.detach().float()) for w in ws]).mean(0).tolist()
             for k, ws in kinds.items()}
+
+
+def seed_spread(per_seed: list) -> dict:
+    """Elementwise over seeds (a list of equally shaped arrays, one per seed): the mean, the standard
+    deviation (None with fewer than two seeds: no spread to show), the minimum and maximum, and n."""
+    values = np.asarray(per_seed, dtype=float)
+    return {"mean": values.mean(0), "std": values.std(0, ddof=1) if len(values) > 1 else None,
+            "min": values.min(0), "max": values.max(0), "n": len(values)}

@@ -10,7 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from denselab.io import atomic_write_json, atomic_write_text, git_info
-from denselab.report import analysis, figures, league
+from denselab.report import analysis, figures, gates, league
 from denselab.report.runs import Run, expected_runs, run_info, select, sweep_dir
 from denselab.report.tables import build_table, for_csv, label
 
@@ -47,6 +47,9 @@ def report_experiment(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[
 
     info = run_info(runs) | {"scale": cfg.scale.name, "sweep_dir": _below_root(sweep_dir(cfg), cfg.paths.root_dir),
                              "report_commit": git_info()["commit"], "files": [p.name for p in written]}
+    checked = gates.check_gates(runs, list(rep.get("gates") or []))
+    if checked:  # a gate without its runs (passed None) is not recorded: it neither passes nor fails
+        info["gates"] = {g: result for g, result in checked.items() if result["passed"] is not None}
     atomic_write_json(out / "run_info.json", info)
     if out.parent.name == name:  # the default layout experiments/<name>/<scale>/: refresh the READMEs
         written += [write_readme(name, out.parent), write_index(out.parent.parent)]
@@ -102,16 +105,21 @@ def _panels(runs: list[Run], cfg: DictConfig) -> list[tuple[str, list[Run]]]:
 
 
 def alpha_heatmaps(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
-    """Figs. 4, 7, 14: α averaged over the seeds of each panel's runs."""
-    panels, rows = [], []
+    """Figs. 4, 7, 14: α averaged over the seeds of each panel's runs, and their standard deviation over
+    seeds (alpha_std; the figure's second row)."""
+    panels, spreads, rows = [], [], []
     for name, chosen in _panels(runs, cfg):
         mats = [analysis.alpha_matrix(analysis.load_trained(r.dir)[0]).numpy() for r in chosen]
-        mean = np.mean(mats, axis=0) if mats else None
-        panels.append((f"{name} (n={len(mats)})", mean))
+        seeds = analysis.seed_spread(mats) if mats else None
+        mean, std = (seeds["mean"], seeds["std"]) if seeds else (None, None)
+        panels.append((f"{name} (mean of n={len(mats)})", mean))
+        spreads.append(std)
         if mean is not None:
-            rows += [{"panel": name, "dwa_index": i, "source": j, "alpha": float(mean[i, j]), "n_seeds": len(mats)}
+            rows += [{"panel": name, "dwa_index": i, "source": j, "alpha": float(mean[i, j]),
+                      "alpha_std": None if std is None else float(std[i, j]), "n_seeds": len(mats)}
                      for i in range(mean.shape[0]) for j in range(i + 1)]
-    return [_write_csv(pd.DataFrame(rows), Path(f"{stem}.csv")), figures.heatmaps(panels, title, Path(f"{stem}.png"))]
+    return [_write_csv(pd.DataFrame(rows), Path(f"{stem}.csv")),
+            figures.heatmaps(panels, title, Path(f"{stem}.png"), spreads=spreads)]
 
 
 def alpha_evolution(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
@@ -130,7 +138,8 @@ def alpha_evolution(runs: list[Run], cfg: DictConfig, title: str, stem: Path) ->
             rows += [{"paper_step": paper_step, "step": step, "dwa_index": i, "source": j, "alpha": alpha[i, j]}
                      for i in range(alpha.shape[0]) for j in range(i + 1)]
     return [_write_csv(pd.DataFrame(rows), Path(f"{stem}.csv")),
-            figures.heatmaps(panels, f"{title}: {name}", Path(f"{stem}.png"))]
+            figures.heatmaps(panels, f"{title}: {name}, one seed (as the paper's Fig. 9): no seed spread",
+                             Path(f"{stem}.png"))]
 
 
 def embedding_similarity(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
@@ -142,9 +151,10 @@ def embedding_similarity(runs: list[Run], cfg: DictConfig, title: str, stem: Pat
             net, run_cfg = analysis.load_trained(r.dir)
             sims.append(analysis.embedding_similarity(net, analysis.validation_windows(run_cfg, 64)))
         if sims:
-            mean = np.mean(sims, axis=0)
-            rows += [{"series": name, "depth": i, "cosine": float(c), "n_seeds": len(sims)} for i, c in enumerate(mean)]
-    data = pd.DataFrame(rows, columns=["series", "depth", "cosine", "n_seeds"])
+            seeds = analysis.seed_spread(sims)
+            rows += [{"series": name, "depth": i, "cosine": float(c), "cosine_min": float(seeds["min"][i]),
+                      "cosine_max": float(seeds["max"][i]), "n_seeds": seeds["n"]} for i, c in enumerate(seeds["mean"])]
+    data = pd.DataFrame(rows, columns=["series", "depth", "cosine", "cosine_min", "cosine_max", "n_seeds"])
     return [_write_csv(data, Path(f"{stem}.csv")),
             figures.lines(data, "depth", "cosine", title, Path(f"{stem}.png"), "depth (DWA / block index)",
                           "cosine similarity with the embedding")]
@@ -167,13 +177,33 @@ def alpha_pruning(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> l
                     rows.append({"series": name, "seed": r.seed, "dropped_percent": fraction, "dropped": dropped,
                                  "ppl": analysis.perplexity(net, windows)})
     data = pd.DataFrame(rows, columns=["series", "seed", "dropped_percent", "dropped", "ppl"])
-    mean = data.groupby(["series", "dropped_percent"], sort=False).mean(numeric_only=True).reset_index()
+    mean = _pruning_summary(data)
     for name, values in hlines.items():
-        mean = pd.concat([mean, pd.DataFrame([{"series": name, "dropped_percent": None, "ppl": float(np.mean(values))}])])
+        mean = pd.concat([mean, pd.DataFrame([{"series": name, "dropped_percent": None, "ppl": float(np.mean(values)),
+                                               "ppl_min": min(values), "ppl_max": max(values), "n_seeds": len(values)}])])
     return [_write_csv(mean, Path(f"{stem}.csv")),
             figures.lines(mean.dropna(subset=["dropped_percent"]), "dropped_percent", "ppl", title, Path(f"{stem}.png"),
                           "α dropped (%, smallest magnitude first)", "perplexity",
-                          hlines={k: float(np.mean(v)) for k, v in hlines.items()}, logy=True)]
+                          hlines={k: (float(np.mean(v)), min(v), max(v)) for k, v in hlines.items()}, logy=True)]
+
+
+def _pruning_summary(data: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 6's points: per series and fraction, the mean perplexity over seeds, its minimum and maximum,
+    and the paired difference (same seed) to the unpruned model with its 95 % interval (diff_*)."""
+    from denselab.report.tables import paired_difference
+
+    out = []
+    for (series, percent), rows in data.groupby(["series", "dropped_percent"], sort=False):
+        base = data[(data["series"] == series) & (data["dropped_percent"] == 0)]
+        point = {"series": series, "dropped_percent": percent, "dropped": rows["dropped"].mean(),
+                 "ppl": rows["ppl"].mean(), "ppl_min": rows["ppl"].min(), "ppl_max": rows["ppl"].max(),
+                 "n_seeds": rows["seed"].nunique()}
+        if percent != 0 and len(base):
+            point |= paired_difference(dict(zip(rows["seed"], rows["ppl"])), dict(zip(base["seed"], base["ppl"])))
+        out.append(point)
+    return pd.DataFrame(out, columns=["series", "dropped_percent", "dropped", "ppl", "ppl_min", "ppl_max", "n_seeds",
+                                      "diff_ppl", "diff_ppl_ci95_low", "diff_ppl_ci95_high", "diff_n", "diff_test",
+                                      "diff_resolved"])
 
 
 def singular_values(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
@@ -182,9 +212,12 @@ def singular_values(runs: list[Run], cfg: DictConfig, title: str, stem: Path) ->
     for name, chosen in _panels(runs, cfg):
         per_seed = [analysis.singular_values(analysis.load_trained(r.dir)[0]) for r in chosen]
         for kind in (per_seed[0] if per_seed else {}):
-            mean = np.mean([s[kind] for s in per_seed], axis=0)
-            rows += [{"series": name, "kind": kind, "rank": i, "singular_value": float(v)} for i, v in enumerate(mean)]
-    data = pd.DataFrame(rows, columns=["series", "kind", "rank", "singular_value"])
+            seeds = analysis.seed_spread([s[kind] for s in per_seed])
+            rows += [{"series": name, "kind": kind, "rank": i, "singular_value": float(v),
+                      "singular_value_min": float(seeds["min"][i]), "singular_value_max": float(seeds["max"][i]),
+                      "n_seeds": seeds["n"]} for i, v in enumerate(seeds["mean"])]
+    data = pd.DataFrame(rows, columns=["series", "kind", "rank", "singular_value", "singular_value_min",
+                                       "singular_value_max", "n_seeds"])
     return [_write_csv(data, Path(f"{stem}.csv")), figures.spectra(data, title, Path(f"{stem}.png"))]
 
 
@@ -241,6 +274,12 @@ def write_readme(name: str, folder: Path) -> Path:
         lines.append(f"| {info['scale']} | {info['completed']} / {info['expected']} | {info['failed']}{diverged} | "
                      f"{_duration(info['span_s'])} | {_duration(info['job_time_s'])} | {'; '.join(info['machines'])} | "
                      f"{', '.join(c[:10] for c in info['commits'])} | {files} |")
+    for info_path in sorted(folder.glob("*/run_info.json")):
+        recorded = json.loads(info_path.read_text()).get("gates") or {}
+        failed = [f"{g} ({r['detail']})" for g, r in recorded.items() if not r.get("passed")]
+        if failed and info_path.parent.name != "smoke":
+            lines += ["", f"**{info_path.parent.name}: not resolved at this scale.** A gate failed: {'; '.join(failed)}. "
+                      "The numbers are reported, but no claim is read from them (experiments/README.md)."]
     for table in sorted(folder.glob(f"*/{name}.md")):  # a report's own markdown table (the league's)
         if table.parent.name != "smoke":
             lines += ["", f"### {table.parent.name}", "", table.read_text().rstrip()]
@@ -288,8 +327,14 @@ def write_index(folder: Path) -> Path:
              "One folder per table or figure: its README (what it reproduces, how to run it, what each scale",
              "measured) and the reports of the scales that were run. `paper_tables.csv` holds every number of the",
              "paper's tables, transcribed; the reports put ours beside them. Regenerate these READMEs with",
-             "`.venv/bin/python -m denselab.report --readmes`.", "",
-             "| experiment | what it reproduces | scales run |", "| --- | --- | --- |"]
+             "`.venv/bin/python -m denselab.report --readmes`, the scoreboard alone with `make claims`.", ""]
+    if (folder / "claims.yaml").is_file():  # the scoreboard of the paper's claims, also as claims.csv
+        from denselab.report import claims
+
+        board = claims.scoreboard(folder)
+        claims.write_claims_csv(board, folder)
+        lines += claims.readme_lines(board) + ["## Experiments", ""]
+    lines += ["| experiment | what it reproduces | scales run |", "| --- | --- | --- |"]
     for name in names:
         scales = sorted(json.loads(p.read_text())["scale"] for p in (folder / name).glob("*/run_info.json"))
         scales = [s for s in scales if s != "smoke"]
