@@ -71,6 +71,11 @@ def embedding_similarity(net: GPT, loader: DataLoader) -> list[float]:
     """Mean over tokens of cos(Y_i, X_0) for i = 0..d, Y_i the hidden state after block i (the DWA output
     in a DenseFormer, the block output in a Transformer): what block i+1 reads, and what ln_f reads."""
     states: list[torch.Tensor] = []
+    # The hooks see what each block reads only when the mixer calls the blocks one by one: DWA's fast
+    # scheme batches them, so the readable reference implementation (the same sums) runs here.
+    implementation = getattr(net.mixer, "implementation", None)
+    if implementation is not None:
+        net.mixer.implementation = "reference"
     hooks = [b.register_forward_pre_hook(lambda m, args: states.append(args[0])) for b in net.blocks]
     hooks.append(net.ln_f.register_forward_pre_hook(lambda m, args: states.append(args[0])))
     sums, count = None, 0
@@ -85,6 +90,8 @@ def embedding_similarity(net: GPT, loader: DataLoader) -> list[float]:
     finally:
         for h in hooks:
             h.remove()
+        if implementation is not None:
+            net.mixer.implementation = implementation
     return (sums / count).tolist()
 
 

@@ -175,7 +175,7 @@ def build_table(runs: list[Run], table: str | None, match: list[str]) -> pd.Data
                 row["status"] = _status(row)
             rows.append(row)
     for i, (key, hp, g) in enumerate(ours):
-        if i in used:
+        if i in used or (table is not None and not hp):  # a row that never ran is its paper row's "missing"
             continue
         depth = _num(hp.get("paper_depth"))
         row = {"row": label(hp.get("model", "?"), _num(hp.get("dilation")), _num(hp.get("dwa_period")), depth),

@@ -1,0 +1,21 @@
+"""A paper table in the paper's layout, also while only some of its rows have run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from denselab.report.runs import Run
+from denselab.report.tables import build_table
+
+
+def test_rows_that_never_ran_are_their_paper_rows_marked_missing_not_extra_rows(tmp_path: Path):
+    ran = [Run(tmp_path / f"t{s}", ("model=transformer", "paper.depth=48"), str(s),
+               {"status": "completed", "final_val_ppl": 50.0 + s, "steps": 500, "params": {"total": 1_000_000},
+                "hparams": {"model": "transformer", "paper_depth": 48, "depth": 12, "width": 128}})
+           for s in range(3)]
+    never = [Run(tmp_path / f"s{s}", ("model=skips_with_gains", "paper.depth=48"), str(s), None) for s in range(3)]
+    table = build_table(ran + never, "1", ["model", "depth", "dilation", "period"])
+    assert "?" not in set(table["row"])  # no anonymous extra row for the runs that never ran
+    assert len(table) == 12  # Table 1's rows, nothing more
+    assert table.set_index("row").loc["Transformer 48", "ours_n"] == 3
+    assert table.set_index("row").loc["Skips With Gains 48", "status"] == "missing"
