@@ -190,7 +190,7 @@ def bench_batches(model: str, bin_tokens: int, draws: int, steps: int, device: s
     net = build_model(cfg.model, padded_vocab_size(50257, cfg.model.vocab_multiple), device=device)
     o = cfg.optim
     opt = build_optimizer(net, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
-                          dwa_weight_decay=o.dwa_weight_decay, dwa_lr_scale=o.dwa_lr_scale)
+                          mixing_weight_decay=o.mixing_weight_decay, mixing_lr_scale=o.mixing_lr_scale)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
                 else torch.autocast("cpu", enabled=False))
     x, y = (t.to(device) for t in TrainWindows(path, seq_len, micro, seed=0).batch(0))
