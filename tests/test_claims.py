@@ -185,10 +185,18 @@ def test_recorded_gates_in_run_info(tmp_path, gates, passed):
     (tmp_path / "t" / "mini").mkdir(parents=True)
     (tmp_path / "t" / "mini" / "run_info.json").write_text(json.dumps({"scale": "mini"} | (
         {"gates": gates} if gates is not None else {})))
-    found = C.load_gate(tmp_path, "t", "mini")
+    found = C.load_gate(tmp_path, "t", "mini", ["depth_axis", "alpha_moved"])
     assert (found if found is None else found[0]) == passed
     if passed is False:
         assert found[1]
+
+
+def test_a_named_gate_holds_back_only_the_claims_that_need_it(tmp_path):
+    (tmp_path / "t" / "mini").mkdir(parents=True)
+    (tmp_path / "t" / "mini" / "run_info.json").write_text(json.dumps(
+        {"scale": "mini", "gates": {"depth": {"passed": False, "detail": "deeper not better"}}}))
+    assert C.load_gate(tmp_path, "t", "mini", ["depth"]) == (False, "gate failed: depth (deeper not better)")
+    assert C.load_gate(tmp_path, "t", "mini", None) is None  # a same-depth claim is read as it is
 
 
 def test_a_malformed_rule_is_an_error_not_a_verdict():

@@ -122,12 +122,17 @@ def load_frame(folder: Path, experiment: str, scale: str) -> pd.DataFrame | None
     return pd.read_csv(path) if path.is_file() else None
 
 
-def load_gate(folder: Path, experiment: str, scale: str) -> tuple[bool, str] | None:
-    """The gates a report recorded in run_info.json: (all passed, what failed), None when it has none."""
+def load_gate(folder: Path, experiment: str, scale: str, names: Any = None) -> tuple[bool, str] | None:
+    """The gates a report recorded in run_info.json: (all passed, what failed), None when it has none.
+    Named gates (report/gates.py: depth, alpha) count only when `names` lists them: a claim names the
+    gates it depends on (`needs_gates`), so a failed depth gate does not withhold a same-depth claim."""
     path = Path(folder) / experiment / scale / "run_info.json"
     if not path.is_file():
         return None
-    return parse_gates(json.loads(path.read_text()).get("gates"))
+    gates = json.loads(path.read_text()).get("gates")
+    if isinstance(gates, dict) and "passed" not in gates:
+        gates = {name: g for name, g in gates.items() if name in (names or ())}
+    return parse_gates(gates)
 
 
 def parse_gates(gates: Any) -> tuple[bool, str] | None:
@@ -599,7 +604,8 @@ def scoreboard(folder: Path = EXPERIMENTS, claims: list[dict] | None = None,
         for scale in scales:
             read = experiments | (experiments_of(claim["gate"], claim["experiment"]) if "gate" in claim else set())
             frames = {e: load_frame(folder, e, scale) for e in read}
-            scale_gates = {(e, scale): load_gate(folder, e, scale) for e in experiments} | dict(gates or {})
+            needs = claim.get("needs_gates")
+            scale_gates = {(e, scale): load_gate(folder, e, scale, needs) for e in experiments} | dict(gates or {})
             result = evaluate_claim(claim, scale, frames, scale_gates)
             est = result.estimate
             rows.append(base | {"scale": scale, "verdict": result.verdict, "n": result.n, "ours": result.text,
