@@ -6,8 +6,8 @@
 1. forward: P = A · X[:c] with A (g, c) and X (c, N): the blocked scheme's product (g rows) against
    one row (g = 1), in GB/s of (c + g) tensors moved;
 2. α gradients: G · Xᵀ with G (R, N), X (S, N) for the lane sizes of depth 48 (12x1: 4 x 5, 4x1: 12 x 13,
-   2x1: 24 x 25, 1x1: 48 x 49), the plain product against `dwa._gram` (a batched product over column
-   chunks), in ms. What `dwa._gram`'s threshold rests on.
+   2x1: 24 x 25, 1x1: 48 x 49), the plain product against `dwa_fast.row_dots` (a batched product over
+   column chunks on CPU), in ms. What `row_dots`'s threshold rests on.
 
 N = 4 x 256 x 256 (the `dwa` section's width-256 tensors). X rotates over 8 buffers (400 MB in all) so
 that no product finds its input in cache. Output: experiments/bench/<device>-fp32/kernels.csv.
@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info, read_json  # noqa: E402
-from denselab.models.dwa import _gram  # noqa: E402
+from denselab.models.dwa_fast import row_dots  # noqa: E402
 
 N, ROWS, BUFFERS = 4 * 256 * 256, 49, 8
 
@@ -58,8 +58,8 @@ def main() -> None:
         print(f"  forward  g={g} c={c:<3}  torch.mm {ms:7.3f} ms  {(c + g) * mb / ms:5.1f} GB/s")
     for R, S in [(4, 5), (12, 13), (24, 25), (48, 49)]:
         for variant, fn in [("G @ X.t()", lambda X, R=R, S=S: G[:R] @ X[:S].t()),
-                            ("chunked bmm", lambda X, R=R, S=S: _gram(G[:R], X[:S], max_pairs=float("inf"))),
-                            ("dwa._gram", lambda X, R=R, S=S: _gram(G[:R], X[:S]))]:
+                            ("chunked bmm", lambda X, R=R, S=S: row_dots(G[:R], X[:S], max_pairs=float("inf"))),
+                            ("row_dots", lambda X, R=R, S=S: row_dots(G[:R], X[:S]))]:
             ms = median_ms(fn, buffers)
             rows.append({"product": "alpha grads G·Xᵀ", "rows": R, "cols": S, "variant": variant, "ms": ms,
                          "gb_per_s": (R + S) * mb / ms})

@@ -6,9 +6,10 @@ Transformer (not a test: it prints figures and asserts nothing).
     .venv/bin/python benchmarks/dwa_memory_by_block.py --width 768 --pattern 1x1 --old 7a7f8ce
 
 The trunk of `dwa_bench.py` (its batch for the width), one warm-up training step and one profiled
-(`denselab.memory.allocation_timeline`), for the Transformer and for ours (`implementation="fast"`;
+(`memory.allocation_timeline`), for the Transformer and for ours (`implementation="fast"`;
 with `--old`, the `dwa.py` of that commit, as `dwa_ab.py` loads it). Prints, in (B, T, C) outputs:
-what the DWA keeps between steps (its lane buffers), each one's peak of the step, and for the
+what the DWA keeps between steps (the lane buffers of a `dwa.py` before 2026-12-07; nothing since),
+each one's peak of the step, and for the
 backward of the top and bottom `--blocks` blocks the peak inside that block's backward (from its
 first matrix-product backward to the next block's), both and their difference. Memory alive before
 the step (parameters, the kept buffers) is not counted in the step's figures, as in
@@ -27,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dwa_bench as bench  # noqa: E402
 from dwa_ab import load_old_dwa  # noqa: E402
+from memory import allocation_timeline  # noqa: E402
 
-from denselab.memory import allocation_timeline  # noqa: E402
 from denselab.models import DWA, Residual  # noqa: E402
 
 MATMULS_PER_BLOCK = 4  # attention's qkv and output projections, the MLP's two
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
 
     peak_transformer, transformer = block_peaks(model, Residual(args.depth), x0, grad)
     peak_dwa, ours = block_peaks(model, dwa, x0, grad)
-    kept = sum(t.numel() * t.element_size() for t in dwa.workspace.values() if isinstance(t, torch.Tensor))
+    workspace = getattr(dwa, "workspace", {})  # buffers an older dwa.py kept between steps; none now
+    kept = sum(t.numel() * t.element_size() for t in workspace.values() if isinstance(t, torch.Tensor))
     print(f"kept between steps by the DWA (lane buffers): {kept / output:.1f}")
     print(f"peak of the step: Transformer {peak_transformer / output:.1f}, DWA {peak_dwa / output:.1f} "
           f"(+{(peak_dwa - peak_transformer) / output:.1f}; with the kept buffers "

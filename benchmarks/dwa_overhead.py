@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dwa_bench import build_trunk, clear_grads, parse_pattern, run_once, time_interleaved  # noqa: E402
 
 from denselab.models import DWA, Residual  # noqa: E402
-from denselab.models.dwa import group_size  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,13 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"== fixed cost per block, depth {args.depth}, tensors (1, 32, 64), 1 thread, torch {torch.__version__} ==")
     for pattern in args.patterns:
         k, p = parse_pattern(pattern)
-        # The tiny tensors would send ours to its lean one-product-per-DWA path (group 1); take the
-        # group that large tensors get, so that the blocked scheme's own steps are what is timed.
-        fast = DWA(args.depth, k, p, implementation="fast")
+        # Tiny tensors on CPU get one product per DWA (group 1); take the group that large tensors
+        # get, so that the blocked scheme's own steps are what is timed.
+        ours = DWA(args.depth, k, p, implementation="fast")
         for mode in ("infer", "train"):
             train = mode == "train"
-            fast.group = group_size(fast.plan, 1 << 20, train=train)
-            mixers = {"transformer": Residual(args.depth), "ours": fast,
+            ours.fast.group = ours.fast.plan.group_size(1 << 20, train=train, device_type="cpu")
+            mixers = {"transformer": Residual(args.depth), "ours": ours,
                       "reference": DWA(args.depth, k, p, implementation="reference")}
             x0 = torch.randn(1, 32, 64, requires_grad=train)
             grad = torch.randn_like(x0)
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             t = time_interleaved(calls, args.reps, 3, "cpu", between=lambda: clear_grads(model, mixers.values(), x0))
             per_block = {name: 1e6 * (t[name] - t["transformer"]) / args.depth for name in ("ours", "reference")}
             print(f"  {pattern:>4} {mode:<5} Transformer {1e3 * t['transformer']:7.2f} ms; per block: ours "
-                  f"+{per_block['ours']:6.1f} us (g={fast.group}), reference +{per_block['reference']:6.1f} us",
+                  f"+{per_block['ours']:6.1f} us (g={ours.fast.group}), reference +{per_block['reference']:6.1f} us",
                   flush=True)
 
 

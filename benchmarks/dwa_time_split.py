@@ -1,30 +1,32 @@
 #!/usr/bin/env python
-"""Where the time that ours adds to a training step goes, against the budget each goal leaves.
+"""Where the time that ours adds to a training step goes, and against a target ratio, the budget it leaves.
 
     .venv/bin/python benchmarks/dwa_time_split.py                     # depth 48, width 256, 1x1 and 4x1
-    .venv/bin/python benchmarks/dwa_time_split.py --reps 21 --patterns 1x1
+    .venv/bin/python benchmarks/dwa_time_split.py --reps 21 --patterns 1x1 --target 1.06
 
 Times a training step (forward + backward) of the Transformer trunk and of ours (`implementation=
 "fast"`) in one process with interleaved repetitions, as `dwa_bench.py` does, and inside ours the
-calls that do the DWA's sums: in the forward `_Run.average` (the products P = A·X), in the backward
-`_Run.store_grad` (the α gradients' products G·Xᵀ and the copies of G), `_Run.grad_output` (the
-products of ∂L/∂X_j) and `_Run.alpha_grads` (gathering the α gradients). Per repetition:
+calls that do the DWA's sums: in the forward `Pass.average` (the products P = A·X), in the backward
+`Pass.store_grad` (the α gradients' products G·Xᵀ and the copies of G), `Pass.grad_output` (the
+products of ∂L/∂X_j) and `Pass.alpha_grads` (gathering the α gradients). Per repetition:
 
     added = ours - Transformer = DWA sums + rest
 
-where "rest" is everything else ours adds: the autograd nodes around the sums (`_Step`, `_Begin`),
-Python, and the blocks running beside the DWA's memory traffic. `_Run.store` (the block's last
+where "rest" is everything else ours adds: the autograd nodes around the sums (`_BlockNode`, `_X0Node`),
+Python, and the blocks running beside the DWA's memory traffic. `Pass.store` (the block's last
 addition written into its lane row) is not in the DWA sums: the Transformer makes the same
-addition. A third model in the same loop, ours with every sum replaced by a no-op (`NoopSums`:
+addition. A third model in the same loop, ours with every sum replaced by a no-op (`NoopPass`:
 Y_i = X_i, ∂L/∂X_i = ∂L/∂Y_i, zero gradients for α), splits the rest in two:
 
     rest = nodes (what ours with no-op sums adds: autograd nodes, Python, the lane rows)
          + side effects of the sums (the blocks running slower beside their traffic, allocations)
 
 The DWA sums are set against the traffic bound of the scheme (`Plan.traffic` transfers at the copy
-bandwidth measured at the start) and the added time against the goal's budget, (goal - 1) x the
-Transformer's step: the floor of the scheme is its bound plus the nodes. Prints medians over the
-repetitions; asserts nothing about time. The no-op model computes the Transformer's function, not
+bandwidth measured at the start) and, with `--target r`, the added time against the budget that a
+ratio r to the Transformer leaves, (r - 1) x the Transformer's step: the floor of the scheme is its
+bound plus the nodes. Both hook into the fast scheme through its public seam, `FastScheme.pass_type`
+(a subclass of `Pass` per DWA; nothing is patched). Prints medians over the repetitions; asserts
+nothing about time. The no-op model computes the Transformer's function, not
 the DenseFormer's (on purpose: it times everything of ours but the sums), and only inside this script.
 """
 
@@ -43,46 +45,25 @@ import dwa_bench as bench  # noqa: E402
 
 from denselab.io import git_info  # noqa: E402
 from denselab.models import DWA, Residual  # noqa: E402
-from denselab.models import dwa as dwa_module  # noqa: E402
-from denselab.models.dwa import group_size  # noqa: E402
+from denselab.models.dwa_fast import Pass  # noqa: E402
 
 FORWARD_SUMS, BACKWARD_SUMS = ("average",), ("store_grad", "grad_output", "alpha_grads")
-TRAIN_GOALS = {pattern: goal for pattern, mode, goal in bench.GOALS if mode == "train"}  # issue 7, depth 48
 
 
-class _RunMethods:
-    """Replaces methods of `_Run` with those of `replacements()` while installed (`with`), and puts
-    the originals back on leaving."""
-
-    def replacements(self) -> dict:
-        raise NotImplementedError
-
-    def __enter__(self):
-        replacements = self.replacements()  # built from the originals, before any is replaced
-        self._originals = {name: getattr(dwa_module._Run, name) for name in replacements}
-        for name, method in replacements.items():
-            setattr(dwa_module._Run, name, method)
-        return self
-
-    def __exit__(self, *exc):
-        for name, original in self._originals.items():
-            setattr(dwa_module._Run, name, original)
-
-
-class SumTimer(_RunMethods):
-    """Seconds spent in each `_Run` method that does the DWA's sums, while installed (`with`)."""
+class SumTimer:
+    """Seconds spent in each `Pass` method that does the DWA's sums, in the DWAs whose fast scheme runs
+    `timer.pass_type` (a subclass of `Pass` whose sums are timed)."""
 
     def __init__(self):
         self.seconds = dict.fromkeys(FORWARD_SUMS + BACKWARD_SUMS, 0.0)
-
-    def replacements(self) -> dict:
-        return {name: self._timed(getattr(dwa_module._Run, name), name) for name in self.seconds}
+        self.pass_type = type("TimedPass", (Pass,), {name: self._timed(getattr(Pass, name), name)
+                                                     for name in self.seconds})
 
     def _timed(self, method, name: str):
-        def timed(run, *args, **kwargs):
+        def timed(state, *args, **kwargs):
             start = time.perf_counter()
             try:
-                return method(run, *args, **kwargs)
+                return method(state, *args, **kwargs)
             finally:
                 self.seconds[name] += time.perf_counter() - start
         return timed
@@ -94,25 +75,23 @@ class SumTimer(_RunMethods):
                 "backward": sum(taken[n] for n in BACKWARD_SUMS)}
 
 
-class NoopSums(_RunMethods):
-    """While installed (`with`), the fast scheme runs with its sums as no-ops: Y_i = X_i (its lane
-    row), so ∂L/∂X_i = ∂L/∂Y_i (passed on as it arrives), no α products, zero α gradients: the
-    Transformer's function and gradients. Everything else of ours runs: lane rows, autograd nodes,
-    Python."""
+class NoopPass(Pass):
+    """The fast scheme with its sums as no-ops: Y_i = X_i (its lane row), so ∂L/∂X_i = ∂L/∂Y_i (passed
+    on as it arrives), no α products, zero α gradients: the Transformer's function and gradients.
+    Everything else of ours runs: lane rows, autograd nodes, Python."""
 
-    def replacements(self) -> dict:
-        def average(run, i: int) -> torch.Tensor:
-            lane, s = run.plan.slot_of[i]
-            return run.buffers[lane][s].view(run.shape)
+    def average(self, i: int) -> torch.Tensor:
+        lane, s = self.plan.slot_of[i]
+        return self.buffers[lane][s].view(self.shape)
 
-        def store_grad(run, i: int, grad: torch.Tensor) -> None:
-            run.noop_grad = grad  # ∂L/∂Y_i, which `grad_output(i)` passes on next
+    def store_grad(self, i: int, grad: torch.Tensor) -> None:
+        self.noop_grad = grad  # ∂L/∂Y_i, which `grad_output(i)` passes on next
 
-        def grad_output(run, j: int, through: torch.Tensor | None) -> torch.Tensor:
-            return through if through is not None else run.noop_grad
+    def grad_output(self, j: int, through: torch.Tensor | None) -> torch.Tensor:
+        return through if through is not None else self.noop_grad
 
-        return {"average": average, "store_grad": store_grad, "grad_output": grad_output,
-                "alpha_grads": lambda run, like: [like.new_zeros(n) for n in run.plan.alpha_sizes]}
+    def alpha_grads(self, alphas_like: torch.Tensor) -> list[torch.Tensor]:
+        return [alphas_like.new_zeros(n) for n in self.plan.alpha_sizes]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, default=48)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--patterns", nargs="+", default=["1x1", "4x1"])
+    parser.add_argument("--target", type=float, default=None,
+                        help="a ratio to the Transformer: print the budget it leaves the DWA, (target - 1) x its step")
     args = parser.parse_args(argv)
 
     bench.steady_allocator()
@@ -137,22 +118,18 @@ def main(argv: list[str] | None = None) -> None:
           f"({transfer_ms:.3f} ms per tensor transfer), torch {torch.__version__}, commit {commit} ==", flush=True)
     for pattern in args.patterns:
         k, p = bench.parse_pattern(pattern)
-        ours = DWA(args.depth, k, p, implementation="fast")
-        mixers = {"transformer": Residual(args.depth), "ours": ours,
-                  "no-op sums": DWA(args.depth, k, p, implementation="fast")}
-        g = group_size(ours.plan, x0.numel(), train=True)
-        forward_transfers = ours.plan.traffic(g)
-        backward_transfers = ours.plan.traffic(g, train=True) - forward_transfers
         timer = SumTimer()
+        ours, noop = DWA(args.depth, k, p, implementation="fast"), DWA(args.depth, k, p, implementation="fast")
+        ours.fast.pass_type, noop.fast.pass_type = timer.pass_type, NoopPass
+        mixers = {"transformer": Residual(args.depth), "ours": ours, "no-op sums": noop}
+        plan = ours.fast.plan
+        g = plan.group_size(x0.numel(), train=True, device_type="cpu")
+        forward_transfers = plan.traffic(g)
+        backward_transfers = plan.traffic(g, train=True) - forward_transfers
         sums: list[dict[str, float]] = []
 
         def step(name: str, mixer) -> None:
-            if name == "no-op sums":
-                with NoopSums():
-                    bench.run_once(model, mixer, x0, grad, True)
-                return
-            with timer:
-                bench.run_once(model, mixer, x0, grad, True)
+            bench.run_once(model, mixer, x0, grad, True)
             if name == "ours":
                 sums.append(timer.take())
 
@@ -181,11 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"      rest (autograd nodes, Python, the blocks beside the DWA) {ms(rest):6.1f} ms:   nodes "
               f"{ms(nodes):5.1f} ms (ours with no-op sums, per rep. x{nr:.3f} [{n1:.3f}, {n3:.3f}]), side effects "
               f"of the sums {ms(rest) - ms(nodes):5.1f} ms")
-        if pattern in TRAIN_GOALS:
-            goal = TRAIN_GOALS[pattern]
-            budget = (goal - 1) * ms(base)
+        if args.target is not None:
+            budget = (args.target - 1) * ms(base)
             bound = (forward_transfers + backward_transfers) * transfer_ms
-            print(f"      goal x{goal:.2f}: a budget of {budget:5.1f} ms; the scheme's traffic bound alone is "
+            print(f"      target x{args.target:.2f}: a budget of {budget:5.1f} ms; the scheme's traffic bound alone is "
                   f"{bound:5.1f} ms, with the nodes {bound + ms(nodes):5.1f} ms, with the whole rest "
                   f"{bound + ms(rest):5.1f} ms", flush=True)
 

@@ -4,13 +4,18 @@ into them, and no more memory kept for the backward than one output per DWA step
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from denselab.memory import peak_allocated_bytes
 from denselab.models import DWA, GPT, ConnectToLast, LastK, Residual
-from denselab.models.dwa import Plan
+from denselab.models.dwa_fast import Plan
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from memory import peak_allocated_bytes  # noqa: E402
 
 
 def FastDWA(*args, **kwargs) -> DWA:
@@ -58,7 +63,8 @@ def compare_with_naive(mixer: DWA, sources: dict[int, list[int]], dtype=torch.fl
     torch.manual_seed(0)
     depth = mixer.depth
     model = GPT(64, depth, WIDTH, HEADS, seq, mixer=perturbed(mixer)).to(dtype)
-    mixer.group = group
+    if mixer.fast is not None:
+        mixer.fast.group = group
     x0 = torch.randn(batch, seq, WIDTH, dtype=dtype, requires_grad=True)
     weight = torch.randn(batch, seq, WIDTH, dtype=dtype)
     params = [x0, *mixer.alphas, *model.blocks.parameters()]
@@ -98,7 +104,7 @@ def test_every_group_size_of_the_blocked_scheme_is_exact(depth, k, p, group):
 
 @pytest.mark.parametrize("depth,k,p", [(12, 1, 1), (12, 4, 1)])
 def test_alpha_gradients_are_exact_when_summed_over_column_chunks(depth, k, p):
-    # 3 x 1,100 tokens x 16 = 52,800 numbers per output: 12 chunks of 4,096 and a tail (`dwa._gram`)
+    # 3 x 1,100 tokens x 16 = 52,800 numbers per output: 12 chunks of 4,096 and a tail (`dwa_fast.row_dots`)
     sources = {i: naive_sources("paper", depth, i, k, p) for i in range(p, depth + 1, p)}
     fast, ref, fast_grads, ref_grads = compare_with_naive(FastDWA(depth, k, p), sources, dtype=torch.float64,
                                                           batch=3, seq=1100)
@@ -140,18 +146,18 @@ def test_auto_runs_the_fast_scheme_where_outputs_are_read_by_many_dwas():
     assert DWA(48).uses_fast_path and DWA(48, 4, 1).uses_fast_path and DWA(12).uses_fast_path
     assert not DWA(48, 4, 5).uses_fast_path and not DWA(48, 12, 1).uses_fast_path
     # 4x5: DWAs after blocks 5, 10, ..., 45 read 2, 3, 4, 6, 7, 8, 9, 11, 12 outputs, 40 distinct ones
-    assert DWA(48, 4, 5).plan.reads_per_kept_output == pytest.approx(62 / 40)
+    assert DWA(48, 4, 5).fast.plan.reads_per_kept_output == pytest.approx(62 / 40)
 
 
 def test_lanes_are_the_residue_classes_of_the_dilation():
-    assert [lane.slots for lane in FastDWA(8, 2, 1).plan.lanes] == [(0, 2, 4, 6, 8), (1, 3, 5, 7)]
+    assert [lane.slots for lane in FastDWA(8, 2, 1).fast.plan.lanes] == [(0, 2, 4, 6, 8), (1, 3, 5, 7)]
     # official semantics at p = 2: dilation over DWA steps, lanes mod k·p = 4, only outputs at DWA points
-    assert [lane.slots for lane in FastDWA(8, 2, 2, "official").plan.lanes] == [(0, 4, 8), (2, 6)]
-    assert [lane.rows for lane in FastDWA(8, 2, 2, "official").plan.lanes] == [(4, 8), (2, 6)]
+    assert [lane.slots for lane in FastDWA(8, 2, 2, "official").fast.plan.lanes] == [(0, 4, 8), (2, 6)]
+    assert [lane.rows for lane in FastDWA(8, 2, 2, "official").fast.plan.lanes] == [(4, 8), (2, 6)]
 
 
 def test_traffic_model_of_one_product_per_dwa_and_of_the_blocked_scheme():
-    plan = FastDWA(48).plan
+    plan = FastDWA(48).fast.plan
     assert plan.traffic(group=1) == sum(i + 1 + 1 for i in range(1, 49))  # read S_i, write Y_i
     assert plan.traffic(group=6) < 0.35 * plan.traffic(group=1)
 
@@ -168,10 +174,13 @@ def test_buffers_follow_the_activation_dtype(precision):
         context, activations = torch.autocast("cpu", enabled=False), torch.bfloat16
     else:  # Lightning's bf16-mixed: the residual stream stays fp32, the linears run in bf16
         context, activations = torch.autocast("cpu", dtype=torch.bfloat16), torch.float32
+    dwa_outputs = []  # Y_1 .. Y_5, the blocks' inputs after block 1: DWA outputs, rows of the products
+    for block in model.blocks[1:]:
+        block.ln_1.register_forward_pre_hook(lambda mod, args: dwa_outputs.append(args[0]))
     with context:
         out, ref = model(idx), reference(idx)
         out.float().square().mean().backward()
-    assert {t.dtype for t in model.mixer.workspace.values()} == {activations}
+    assert {t.dtype for t in dwa_outputs} == {activations}
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
     assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in model.mixer.alphas)
 
@@ -196,14 +205,14 @@ def test_block_outputs_are_written_straight_into_the_buffer():
     with CountCopies((BATCH, SEQ, WIDTH)) as counter, torch.no_grad():
         model(idx)
     assert counter.copies == 1  # X_0, the embedding; no block output is copied
-    # without autograd and on tensors this small the lean (decoding) path runs, with its own buffers
-    buffers = {t.untyped_storage().data_ptr() for t in model.mixer.workspace.lean_program.buffers}
     inputs = []  # a block after which no DWA runs reads its input from the buffer (Y_1 = X_1 here)
     handle = model.blocks[1].ln_1.register_forward_pre_hook(lambda mod, args: inputs.append(args[0]))
     with torch.no_grad():
         model(idx)
     handle.remove()
-    assert inputs[0].untyped_storage().data_ptr() in buffers
+    plan = model.mixer.fast.plan
+    lane_rows = plan.buffer_rows(plan.slot_of[1][0])  # X_1's lane: X_1, X_3, X_5, ...
+    assert inputs[0].untyped_storage().nbytes() == lane_rows * inputs[0].numel() * inputs[0].element_size()
 
 
 def saved_bytes(model: GPT, idx: torch.Tensor) -> int:
@@ -224,7 +233,7 @@ def saved_bytes(model: GPT, idx: torch.Tensor) -> int:
 def test_the_gradients_fit_into_the_dead_rows_of_the_kept_outputs(k, p, semantics):
     """G in X: the backward writes its R gradients G into rows of X no DWA reads any more, so a lane's
     buffer has no rows beyond its S kept outputs (depth 48)."""
-    plan = FastDWA(48, k, p, semantics=semantics).plan
+    plan = FastDWA(48, k, p, semantics=semantics).fast.plan
     for n, lane in enumerate(plan.lanes):
         assert plan.buffer_rows(n) == len(lane.slots)
         if p == 1:  # G_t overwrites X_{t+1} in X_0's lane (X_0, block 1's input, never) and X_t elsewhere
@@ -263,14 +272,12 @@ def test_a_training_step_peaks_at_one_extra_output_per_dwa_step_and_two_in_fligh
             model(idx).square().mean().backward()
             model.zero_grad(set_to_none=True)
 
-        step()  # what stays between steps (the lane buffers) counts in the peak too:
-        if isinstance(model.mixer, DWA):
-            model.mixer.free_workspace()
+        step()
         return peak_allocated_bytes(step)
 
     transformer = peak(GPT(64, depth, width, HEADS, seq, mixer=Residual(depth)))
     dwa = FastDWA(depth, k, p)
-    dwa.group = 4
+    dwa.fast.group = 4
     extra = peak(GPT(64, depth, width, HEADS, seq, mixer=dwa)) - transformer
     output_bytes = BATCH * seq * width * 4
     assert extra <= (len(dwa.dwa_depths) + 2) * output_bytes
@@ -296,16 +303,15 @@ def test_a_backward_that_peaks_at_its_end_holds_only_the_lane_buffers(depth, k, 
             model.zero_grad(set_to_none=True)
 
         step()
-        if isinstance(mixer, DWA):
-            mixer.free_workspace()
         return peak_allocated_bytes(step)
 
     transformer = peak(Residual(depth))
     dwa = FastDWA(depth, k, p)
-    dwa.group = 4
+    dwa.fast.group = 4
     extra = peak(dwa) - transformer
     output_bytes = BATCH * seq * width * 4
-    buffer_rows = sum(dwa.plan.buffer_rows(lane) for lane in range(len(dwa.plan.lanes)))
+    plan = dwa.fast.plan
+    buffer_rows = sum(plan.buffer_rows(lane) for lane in range(len(plan.lanes)))
     assert extra <= (buffer_rows + 1) * output_bytes
 
 
@@ -317,7 +323,7 @@ def test_the_lowest_column_of_each_gradient_group_gets_a_tensor_of_its_own(k):
     peak (the paper's width at batch 1 in the benchmark)."""
     depth = 12
     dwa = FastDWA(depth, k, 1)
-    dwa.group = 4
+    dwa.fast.group = 4
     model = GPT(64, depth, WIDTH, HEADS, SEQ, mixer=dwa)
     own_storage = {}
 
@@ -330,7 +336,7 @@ def test_the_lowest_column_of_each_gradient_group_gets_a_tensor_of_its_own(k):
     for i, block in enumerate(model.blocks, start=1):
         block.mlp.register_forward_hook(watch(i))
     model(torch.randint(0, 64, (BATCH, SEQ))).square().mean().backward()
-    lowest = {lane.slots[grp.start] for lane in dwa.plan.lanes
+    lowest = {lane.slots[grp.start] for lane in dwa.fast.plan.lanes
               for grp in Plan.groups(len(lane.slots), 4, from_top=True)} - {0}
     assert sorted(lowest) != list(range(1, depth + 1))  # some groups have several columns
     assert own_storage == {i: i in lowest for i in range(1, depth + 1)}
@@ -345,29 +351,27 @@ def test_backpropagating_a_fast_graph_twice_is_refused_with_a_clear_error():
         loss.backward()
 
 
-def test_consecutive_steps_reuse_the_buffers_and_agree():
+def test_consecutive_steps_agree():
     torch.manual_seed(0)
     model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(12)))
     idx = torch.randint(0, 64, (BATCH, SEQ))
-    grads, buffers = [], []
+    grads = []
     for _ in range(3):
         model(idx).square().mean().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-        buffers.append(model.mixer.workspace[("X", 0)].data_ptr())
         model.zero_grad(set_to_none=True)
-    assert buffers[0] == buffers[1] == buffers[2]
     for g in grads[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads[0], g))
 
 
-def test_only_the_lane_buffers_are_kept_between_training_steps():
-    """The partial sums (the Y_t) and the backward's partial gradients Q are allocated per step, so
-    that the backward frees them as it goes and a step's peak holds nothing of the last step but the
-    lanes X, into whose dead rows G goes (benchmarks/README.md, memory)."""
+def test_nothing_of_a_training_step_is_kept_for_the_next():
+    """The lane buffers, the partial sums (the Y_t) and the backward's partial gradients Q are
+    allocated per step and freed with its graph (benchmarks/README.md, "Memory")."""
     model = GPT(64, 12, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(12)))
-    model.mixer.group = 3
+    model.mixer.fast.group = 3
     model(torch.randint(0, 64, (BATCH, SEQ))).square().mean().backward()
-    assert {key[0] for key in model.mixer.workspace} == {"X"}
+    assert not [v for v in vars(model.mixer.fast).values() if isinstance(v, torch.Tensor)]
+    assert model.mixer.fast._alpha_cache is None  # training builds the α matrices anew every step
 
 
 def test_a_buffer_still_in_use_is_not_overwritten():
@@ -385,8 +389,8 @@ def test_a_buffer_still_in_use_is_not_overwritten():
     assert all(torch.equal(a, b) for a, b in zip(kept[:2], first))
 
 
-def test_training_after_validation_in_inference_mode_gets_fresh_buffers():
-    """Lightning validates under torch.inference_mode; its buffers cannot be written by training."""
+def test_training_after_validation_in_inference_mode_agrees():
+    """Lightning validates under torch.inference_mode, whose tensors training cannot write to."""
     torch.manual_seed(0)
     model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6)))
     idx = torch.randint(0, 64, (BATCH, SEQ))
@@ -405,36 +409,34 @@ def test_decoding_reuses_the_alpha_matrices_until_an_alpha_changes():
     idx = torch.randint(0, 64, (1, 1))
     with torch.no_grad():
         first = model(idx)
-        cached = model.mixer.workspace.alpha_cache
+        cached = model.mixer.fast._alpha_cache
         torch.testing.assert_close(model(idx), first, rtol=0, atol=0)
-        assert model.mixer.workspace.alpha_cache is cached
+        assert model.mixer.fast._alpha_cache is cached
         model.mixer.alphas[2].mul_(2.0)  # in place, as an optimiser step or load_state_dict does
         changed = model(idx)
     reference = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=DWA(6, implementation="reference")).eval()
     reference.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(changed, reference(idx), rtol=0, atol=1e-6)
-    assert model.mixer.workspace.alpha_cache is not cached and not torch.equal(changed, first)
+    assert model.mixer.fast._alpha_cache is not cached and not torch.equal(changed, first)
 
 
-def test_decoding_reuses_its_views_token_after_token_and_stays_exact():
-    """Token-by-token decoding slices the buffers once (`_LeanProgram`), not once per token."""
+def test_decoding_token_by_token_stays_exact():
+    """KV-cached decoding runs the fast scheme on one token at a time."""
     torch.manual_seed(0)
     model = GPT(64, 8, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(8, 2, 1))).eval()
     reference = GPT(64, 8, WIDTH, HEADS, SEQ, mixer=DWA(8, 2, 1, implementation="reference")).eval()
     reference.load_state_dict(model.state_dict())
     idx = torch.randint(0, 64, (1, 5))
+    assert model.mixer.uses_fast_path
     with torch.no_grad(), model.kv_caching(1), reference.kv_caching(1):
-        programs = []
         for t in range(idx.size(1)):
             torch.testing.assert_close(model(idx[:, t: t + 1]), reference(idx[:, t: t + 1]), rtol=0, atol=1e-6)
-            programs.append(model.mixer.workspace.lean_program)
-    assert programs[0] is not None and all(p is programs[0] for p in programs)
 
 
 def test_decoding_under_autocast_runs_the_blocks_in_bf16_and_the_sums_in_fp32():
-    """The lean path (no autograd, small tensors) turns autocast off for its products only, so its
-    output is the reference's under the same autocast."""
+    """Without autograd the fast scheme turns autocast off for its products only, so its output is
+    the reference's under the same autocast."""
     torch.manual_seed(0)
     model = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=perturbed(FastDWA(6))).eval()
     reference = GPT(64, 6, WIDTH, HEADS, SEQ, mixer=DWA(6, implementation="reference")).eval()
@@ -442,5 +444,5 @@ def test_decoding_under_autocast_runs_the_blocks_in_bf16_and_the_sums_in_fp32():
     idx = torch.randint(0, 64, (1, 1))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out, ref = model(idx), reference(idx)
-    assert model.mixer.workspace.lean_program is not None  # the lean path ran
+    assert model.mixer.uses_fast_path and model.mixer.fast._alpha_cache is not None  # the fast scheme ran
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
