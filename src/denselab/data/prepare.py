@@ -338,7 +338,8 @@ def _tokenize(source, tokenizer_name: str, num_proc: int, writers: dict[str, _Bi
     """Stream the source's documents through `num_proc` tokenizer processes into the writers, in order.
 
     At most 2·num_proc batches are in flight, so memory does not grow with the corpus."""
-    progress = tqdm(desc=f"tokenizing {source.name} ({tokenizer_name}, {num_proc} proc)", unit=" doc",
+    label = get_tokenizer(tokenizer_name).label  # "bpe2048", not the path inside a "bpe:<path>" spec
+    progress = tqdm(desc=f"tokenizing {source.name} ({label}, {num_proc} proc)", unit=" doc",
                     mininterval=2.0, smoothing=0.05)
 
     def announce(total: int) -> None:
