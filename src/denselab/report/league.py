@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
 
+from denselab.aggregate import mixing_parameters  # noqa: E402
 from denselab.io import atomic_write_text  # noqa: E402
 from denselab.report.runs import Run, grouped  # noqa: E402
 from denselab.report.tables import build_table, for_csv, label  # noqa: E402
@@ -126,8 +127,7 @@ def _costs(group: list[Run]) -> dict[str, Any]:
     if not done:
         return {}
     m = done[0].metrics
-    params = m["params"]
-    return {"params": params["total"], "mixing_params": params.get("mixing", params.get("dwa")), "tokens": m.get("tokens"),
+    return {"params": m["params"]["total"], "mixing_params": mixing_parameters(m), "tokens": m.get("tokens"),
             "train_flops_per_token": _run_flops(done[0])}
 
 
