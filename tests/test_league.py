@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -154,3 +155,16 @@ def test_make_league_at_smoke_writes_the_table_and_the_figure(tmp_path, data_dir
     assert (out / "league.md").read_text().count("\n") == len(table) + 2
     info = json.loads((out / "run_info.json").read_text())
     assert info["completed"] == info["expected"] == len(table)
+    assert len(list((out / "runs").glob("*.json"))) == len(table)  # a record of every run, committed with the report
+
+    # Another machine with the committed report and no run folders (a campaign spread over sessions):
+    # every run is skipped from its record, none is trained, and the report is the same.
+    shutil.rmtree(tmp_path / "logs")
+    again = run_cli(["-m", "experiment=league", "scale=smoke", f"report.out_dir={out}"], tmp_path / "logs", data_dir,
+                    timeout=600)
+    said = again.stdout + again.stderr
+    assert said.count(": recorded in ") == len(table) and "Epoch" not in said
+    assert not list((tmp_path / "logs").rglob("metrics.json")) and not list((tmp_path / "logs").rglob("*.ckpt"))
+    redrawn = pd.read_csv(out / "league.csv")
+    assert redrawn["ours_ppl"].tolist() == table["ours_ppl"].tolist()
+    assert json.loads((out / "run_info.json").read_text())["from_records"] == len(table)

@@ -14,7 +14,8 @@ stops a run early into its status in metrics.json and the process exit status:
     (unchanged)  another process holds the folder's lock           75                 next job; the sweep exits 1
 
 Re-running the same command resumes an interrupted (or killed) run from its newest loadable
-checkpoint and skips a completed or diverged one; `ckpt_path=null` starts it afresh.
+checkpoint and skips a completed or diverged one; `ckpt_path=null` starts it afresh. A run this machine
+never started is skipped too when the experiment's report has a committed record of it (denselab/records.py).
 
 On several devices every rank runs these steps; only rank 0 locks the folder, writes the record and
 reports: its `[denselab]` lines go to the console and to the run's run.log (ranks.say).
@@ -58,6 +59,7 @@ from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_
 from denselab.lit_module import LanguageModel
 from denselab.models import build_model, count_parameters, padded_vocab_size
 from denselab.plan import model_flops_per_token
+from denselab import records
 from denselab.preemption import Preempted
 from denselab.ranks import announce_run_dir_to_children, distributed_job, global_rank, say
 from denselab.run_lock import RunLocked, run_lock
@@ -162,8 +164,10 @@ def finished_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
     if unreadable and job.metrics_path.exists():
         say(f"[denselab] {job.metrics_path}: {unreadable.removeprefix('metrics.json: ')}; "
             "it is replaced by this run's record")
-    if not previous or cfg.ckpt_path != "last":
+    if cfg.ckpt_path != "last":
         return None
+    if not previous:
+        return None if job.metrics_path.exists() else committed_record(cfg, job)
     _check_same_training(cfg, job.out, previous)
     if previous.get("status") == "completed":
         say(f"[denselab] {job.out} already completed (final val ppl {previous['final_val_ppl']:.3f}); "
@@ -174,6 +178,27 @@ def finished_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
             "Pass ckpt_path=null to train it again (with a lower lr, say).")
         return previous
     return None
+
+
+def committed_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
+    """The record of this run committed beside the experiment's report (denselab/records.py), when it
+    was trained with this configuration: the sweep skips it, and the report reads it from there. A
+    run this machine never started, only; a record of other settings is trained again here."""
+    if not records.uses_records(cfg):
+        return None
+    record = records.read_record(cfg.report.out_dir, job.out.name)
+    if record is None:
+        return None
+    where = records.record_path(cfg.report.out_dir, job.out.name)
+    if record.get("fingerprint") != training_fingerprint(OmegaConf.to_container(cfg, resolve=True)):
+        say(f"[denselab] {where} records this run with other settings; training it here")
+        return None
+    made = f"commit {((record.get('git') or {}).get('commit') or '?')[:10]}, {record.get('finished_at', '?')[:10]}"
+    ppl = record.get("final_val_ppl")
+    result = (f"final val ppl {ppl:.3f}" if record["status"] == "completed" and isinstance(ppl, (int, float)) else f"{record['status']}: {record.get('error')}")
+    say(f"[denselab] {job.out.name}: recorded in {where} ({result}; {made}); skipping. "
+        "Pass ckpt_path=null to train it here.")
+    return record
 
 
 def set_up_torch(cfg: DictConfig) -> None:

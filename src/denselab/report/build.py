@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from denselab.io import atomic_write_json, atomic_write_text, git_info
+from denselab import records
 from denselab.report import analysis, figures, gates, league
 from denselab.report.runs import Run, expected_runs, run_info, select, sweep_dir
 from denselab.report.tables import build_table, for_csv, label
@@ -47,6 +48,9 @@ def report_experiment(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[
 
     info = run_info(runs) | {"scale": cfg.scale.name, "sweep_dir": _below_root(sweep_dir(cfg), cfg.paths.root_dir),
                              "report_commit": git_info()["commit"], "files": [p.name for p in written]}
+    if records.uses_records(cfg):  # every finished run's metrics.json, committed beside the report
+        records.write_records(runs, out, cfg.paths.root_dir)
+        info["from_records"] = sum(r.recorded for r in runs)
     checked = gates.check_gates(runs, list(rep.get("gates") or []))
     if checked:  # a gate without its runs (passed None) is not recorded: it neither passes nor fails
         info["gates"] = {g: result for g, result in checked.items() if result["passed"] is not None}
@@ -259,7 +263,8 @@ def write_readme(name: str, folder: Path) -> Path:
     lines += _gpu_cost_lines(name, source)
     lines += ["## Results by scale", "",
               "Every file below is written by `denselab.report` from the runs' metrics.json and checkpoints; "
-              "none is edited by hand. Wall time: from the first run's start to the last run's end of the sweep "
+              "none is edited by hand; `<scale>/runs/`, where present, holds each run's record (its metrics.json) for reports "
+              "that read metrics only. Wall time: from the first run's start to the last run's end of the sweep "
               "(job time: the sum over runs).", "",
               "| scale | runs completed / expected | failed | wall time | job time | machine | commit | files |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from denselab.aggregate import is_finite, read_metrics
 from denselab.config import dirname
+from denselab.records import read_record, uses_records
 from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
 
 
@@ -22,6 +23,7 @@ class Run:
     row: tuple[str, ...]  # the row's overrides without the seed: runs differing only in seed share it
     seed: str
     metrics: dict | None
+    recorded: bool = False  # read from its committed record (denselab/records.py): its folder is not here
 
     @property
     def status(self) -> str:
@@ -70,22 +72,24 @@ def expected_runs(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[Run]
     arguments = [f"{k}={v}" for k, v in params.items()] + list(extra_overrides)
     exclude = list(cfg.hydra.job.config.override_dirname.exclude_keys)
     folder = sweep_dir(cfg)
+    records = cfg.report.out_dir if uses_records(cfg) else None
     runs = []
     for job in expand_rows(rows, arguments):
         name = dirname(job, exclude, ["experiment", "scale"])
         row = tuple(sorted(o for o in job if not o.startswith("seed=")))
         seed = next((o.split("=", 1)[1] for o in job if o.startswith("seed=")), "0")
-        runs.append(read_run(folder / name, row, seed))
+        runs.append(read_run(folder / name, row, seed, records))
     return runs
 
 
-def read_run(run_dir: Path, row: tuple[str, ...], seed: str) -> Run:
-    """The run in `run_dir`: no metrics.json is a missing run; one that cannot be read (binary,
-    truncated) is a run with status "unreadable" and the reason as its error, so that one damaged
-    file shows up in the report instead of stopping it."""
+def read_run(run_dir: Path, row: tuple[str, ...], seed: str, records: str | Path | None = None) -> Run:
+    """The run in `run_dir`: no metrics.json is a missing run, unless `records` (a report folder) holds
+    its record; one that cannot be read (binary, truncated) is a run with status "unreadable" and the
+    reason as its error, so that one damaged file shows up in the report instead of stopping it."""
     path = run_dir / "metrics.json"
     if not path.is_file():
-        return Run(run_dir, row, seed, None)
+        record = read_record(records, run_dir.name) if records is not None else None
+        return Run(run_dir, row, seed, record, recorded=record is not None)
     metrics, reason = read_metrics(path)
     return Run(run_dir, row, seed, metrics if metrics is not None else {"status": "unreadable", "error": reason})
 

@@ -1,0 +1,115 @@
+"""Run records (denselab/records.py): a report commits the metrics.json of every finished run it read
+(experiments/<name>/<scale>/runs/), and a sweep on another machine skips the runs recorded there with
+the same settings, so that a campaign can go on across machines. The end-to-end check (a whole league
+skipped from its records) is in test_league.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from denselab import records
+from denselab.config import register_resolvers, training_fingerprint
+from denselab.report.runs import Run, read_run
+from denselab.train import Job, finished_record
+from tests.conftest import REPO
+
+register_resolvers()
+
+
+def experiment(name: str, tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"experiment={name}", "scale=smoke", f"paths.root_dir={tmp_path}",
+                                            f"report.out_dir={tmp_path / 'report'}",
+                                            f"paths.output_dir={tmp_path / 'logs' / 'job'}", *overrides])
+
+
+def recorded_run(cfg, tmp_path: Path, name: str = "model=transformer,seed=0", **changes) -> Path:
+    """A finished record of `name` with cfg's fingerprint (as another machine's report committed it)."""
+    metrics = {"status": "completed", "final_val_ppl": 42.5, "git": {"commit": "0123456789abcdef"},
+               "finished_at": "2026-12-01T10:00:00+00:00", "started_at": "2026-12-01T09:50:00+00:00",
+               "fingerprint": training_fingerprint(OmegaConf.to_container(cfg, resolve=True)), **changes}
+    path = records.record_path(tmp_path / "report", name)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def job_for(tmp_path: Path, name: str = "model=transformer,seed=0") -> Job:
+    out = tmp_path / "logs" / "sweeps" / "league-smoke" / name
+    out.mkdir(parents=True)
+    return Job(out=out, overrides=[], multirun=True)
+
+
+def said(capsys, caplog) -> str:
+    """What train.py's `[denselab]` lines said (printed, or logged where logging is set up)."""
+    return capsys.readouterr().out + caplog.text
+
+
+def test_a_sweep_skips_a_run_recorded_with_the_same_settings(tmp_path, capsys, caplog):
+    cfg = experiment("league", tmp_path)
+    recorded_run(cfg, tmp_path)
+    skipped = finished_record(cfg, job_for(tmp_path))
+    assert skipped is not None and skipped["final_val_ppl"] == 42.5
+    text = said(capsys, caplog)
+    assert "model=transformer,seed=0: recorded in" in text and "final val ppl 42.500; commit 0123456789" in text
+    assert "skipping" in text
+
+
+def test_a_record_of_other_settings_is_trained_again(tmp_path, capsys, caplog):
+    recorded_run(experiment("league", tmp_path, "lr=0.5"), tmp_path)  # recorded at another learning rate
+    assert finished_record(experiment("league", tmp_path), job_for(tmp_path)) is None
+    assert "records this run with other settings; training it here" in said(capsys, caplog)
+
+
+def test_a_run_started_here_is_resumed_from_its_folder_not_skipped_from_a_record(tmp_path):
+    cfg = experiment("league", tmp_path)
+    recorded_run(cfg, tmp_path)
+    job = job_for(tmp_path)
+    job.metrics_path.write_text(json.dumps({"status": "interrupted", "steps": 3}))
+    assert finished_record(cfg, job) is None
+
+
+def test_ckpt_path_null_trains_a_recorded_run_again(tmp_path):
+    cfg = experiment("league", tmp_path, "ckpt_path=null")
+    recorded_run(experiment("league", tmp_path), tmp_path)
+    assert finished_record(cfg, job_for(tmp_path)) is None
+
+
+def test_figures_of_trained_models_do_not_skip_from_records(tmp_path):
+    """Fig. 4's α heatmaps read the run's checkpoint, which a record does not hold."""
+    cfg = experiment("fig4", tmp_path)
+    assert cfg.report.figure in records.NEEDS_RUN_FOLDER and not records.uses_records(cfg)
+    recorded_run(cfg, tmp_path, name="model=denseformer,seed=0")
+    assert finished_record(cfg, job_for(tmp_path, "model=denseformer,seed=0")) is None
+
+
+def test_every_analysis_that_loads_a_run_is_listed_as_needing_its_folder():
+    from denselab.report.build import ANALYSES
+
+    assert set(ANALYSES) - {"league"} == records.NEEDS_RUN_FOLDER  # the league reads metrics.json alone
+
+
+def test_the_report_reads_a_missing_run_from_its_record(tmp_path):
+    cfg = experiment("league", tmp_path)
+    recorded_run(cfg, tmp_path)
+    run = read_run(tmp_path / "logs" / "model=transformer,seed=0", ("model=transformer",), "0", tmp_path / "report")
+    assert run.recorded and run.ok and run.metrics["final_val_ppl"] == 42.5
+    assert read_run(tmp_path / "logs" / "model=mudd,seed=0", ("model=mudd",), "0", tmp_path / "report").status == "missing"
+
+
+def test_records_name_no_folder_of_the_machine_that_wrote_them(tmp_path):
+    run_dir = tmp_path / "logs" / "sweeps" / "league-mini" / "model=transformer,seed=1"
+    metrics = {"status": "completed", "final_val_ppl": 50.0, "run_dir": str(run_dir),
+               "data": {"dir": str(tmp_path / "data" / "stdlib-bpe2048"), "tokens": 10}}
+    runs = [Run(run_dir, ("model=transformer",), "1", metrics),
+            Run(run_dir.with_name("model=mudd,seed=1"), ("model=mudd",), "1", {"status": "running"}),
+            Run(run_dir.with_name("model=last_k,seed=1"), ("model=last_k",), "1", None)]
+    assert records.write_records(runs, tmp_path / "report", tmp_path) == 1  # the finished run only
+    written = json.loads(records.record_path(tmp_path / "report", "model=transformer,seed=1").read_text())
+    assert written["run_dir"] == "logs/sweeps/league-mini/model=transformer,seed=1"
+    assert written["data"]["dir"] == "data/stdlib-bpe2048" and written["final_val_ppl"] == 50.0
+    assert metrics["run_dir"] == str(run_dir)  # the run's own record is left as it is
