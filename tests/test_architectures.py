@@ -102,6 +102,25 @@ def test_mixing_parameters_are_the_optimisers_mixing_group(name):
         assert groups["mixing"]["weight_decay"] == 0.0 and groups["mixing"]["lr"] == 2e-3
 
 
+@pytest.mark.parametrize("name, norms", [("mudd", "k_norms.0.weight"), ("elc_bert", "post_norms.0.bias"),
+                                         ("elc_bert_skips_zero_init", "post_norms.1.weight"),
+                                         ("hyper_connections_dynamic", "norm_gain")])
+def test_a_mixers_norm_gains_are_not_weight_decayed_where_the_mixing_weights_are(name, norms):
+    """scale=small/paper decay the mixing weights (the official code's nn.Linear rule); norms never."""
+    model = build(name)
+    decayed = build_optimizer(model, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1,
+                              mixing_weight_decay=0.1, mixing_lr_scale=1.0)
+    decay_of = {id(p): g["weight_decay"] for g in decayed.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert f"mixer.{norms}" in model.mixer_norm_parameters()
+    assert decay_of[id(named[f"mixer.{norms}"])] == 0.0
+    weights = [n for n in named if n.startswith("mixer.") and n not in model.mixer_norm_parameters()]
+    assert weights and all(decay_of[id(named[n])] == 0.1 for n in weights)  # W1/W2, logits, a_m, ... decayed
+    undecayed = build_optimizer(model, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1,
+                                mixing_weight_decay=0.0, mixing_lr_scale=1.0)
+    assert [g["name"] for g in undecayed.param_groups] == ["decay", "no_decay", "mixing"]  # mini's checkpoints load
+
+
 @pytest.mark.parametrize("name", NODES)
 def test_a_few_training_steps_lower_the_loss(name):
     torch.manual_seed(0)

@@ -5,12 +5,18 @@ Groups (names as logged by LearningRateMonitor):
     no_decay  LayerNorm gains, biases, the tied embedding       no weight decay
     mixing    every depth-mixing parameter (the mixer's: DWA α,  `mixing_weight_decay`, lr × `mixing_lr_scale`
               gains, λ, hyper-connection and MUDD weights, ...)
+    mixing_norms  the mixer's norm gains and biases (MUDD's       no weight decay, lr × `mixing_lr_scale`
+              LN_k/LN_v, ELC-BERT's PostLN, hyper-connections'
+              RMSNorm gain); a group of its own only where
+              `mixing_weight_decay` is not 0
 
 The official experiments code (epfml/DenseFormer) stores each DWA's α as an `nn.Linear` weight,
 so its optimiser puts α in the *decayed* group with the common learning rate (wd 0.1, lr × 1).
 `scale=paper` and `scale=small` do the same (`optim.mixing_weight_decay: 0.1`); the CPU scales leave the
 mixing weights undecayed (decay pulls α_{i,i} from its identity value 1 towards 0), as every committed
-mini result was trained.
+mini result was trained. The same rule (decay the weights of linear maps, not norms) leaves the norms a
+mixer owns undecayed at every scale, like the blocks' LayerNorms: the norm gains are "mixing" parameters
+(counted, logged and frozen by `dwa_start_step` with the rest) with an undecayed optimiser group.
 """
 
 from __future__ import annotations
@@ -30,15 +36,20 @@ def build_optimizer(
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
     groups = model.parameter_groups()
+    if mixing_weight_decay:  # a mixer's norm gains are norms: not decayed (without decay, one group as before)
+        norms = model.mixer_norm_parameters()
+        groups["mixing_norms"] = [(n, p) for n, p in groups["mixing"] if n in norms]
+        groups["mixing"] = [(n, p) for n, p in groups["mixing"] if n not in norms]
     settings = {
         "decay": {"weight_decay": weight_decay, "lr": lr},
         "no_decay": {"weight_decay": 0.0, "lr": lr},
         "mixing": {"weight_decay": mixing_weight_decay, "lr": lr * mixing_lr_scale},
+        "mixing_norms": {"weight_decay": 0.0, "lr": lr * mixing_lr_scale},
     }
     param_groups = [
         {"name": name, "params": [p for _, p in groups[name]], **settings[name]}
-        for name in ("decay", "no_decay", "mixing")
-        if groups[name]
+        for name in ("decay", "no_decay", "mixing", "mixing_norms")
+        if groups.get(name)
     ]
     fused = all(p.is_cuda for g in param_groups for p in g["params"])
     return torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)

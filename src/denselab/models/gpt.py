@@ -272,3 +272,16 @@ class GPT(nn.Module):
             else:
                 groups["no_decay"].append((name, p))
         return groups
+
+    def mixer_norm_parameters(self) -> set[str]:
+        """Names of the mixing parameters that are norm gains or biases: those of the LayerNorms a mixer
+        owns (MUDD's LN_k/LN_v, ELC-BERT's PostLN) and the gains a mixer lists in `NORM_GAINS`
+        (hyper-connections' RMSNorm gain). The optimiser never decays them (optim.py), as every norm."""
+        names = set()
+        for module_name, module in self.mixer.named_modules():
+            prefix = f"mixer.{module_name}." if module_name else "mixer."
+            gains = getattr(module, "NORM_GAINS", ()) if not isinstance(module, (nn.LayerNorm, nn.RMSNorm)) else None
+            for name, _ in module.named_parameters(recurse=False):
+                if gains is None or name in gains:
+                    names.add(prefix + name)
+        return names

@@ -39,6 +39,8 @@ from denselab.models.gpt import Rotary, check_positive_int
 
 
 class HyperConnections(nn.Module):
+    NORM_GAINS = ("norm_gain",)  # g is a norm's gain: never weight-decayed (GPT.mixer_norm_parameters)
+
     def __init__(self, depth: int, width: int, streams: int = 4, dynamic: bool = False):
         super().__init__()
         check_positive_int("streams", streams)
