@@ -101,3 +101,15 @@ def test_results_csv_and_the_report_read_the_count_of_a_run_recorded_as_dwa(tmp_
     old = read_run(tmp_path / "seed=0", ("model=denseformer",), 0)
     (row,) = build_table([old], None, ["model", "depth"]).to_dict("records")
     assert row["ours_sparsity"] == pytest.approx(round(1 - 2 / 5, 3))  # a full DWA over 2 blocks has 5 α
+
+
+def test_an_old_key_in_an_experiments_row_is_refused_in_one_line_naming_the_new_one(tmp_path):
+    proc = subprocess.run([sys.executable, "run.py", "-m", "experiment=table1", "scale=smoke",
+                           "hydra.sweeper.rows=[{model:transformer,optim.dwa_lr_scale:2}]", f"paths.log_dir={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    error, last = proc.stderr.splitlines()[-2:]
+    assert error.startswith("error: job 0 (model=transformer optim.dwa_lr_scale=2 seed=0 ")
+    assert error.endswith("): optim.dwa_lr_scale=2: renamed optim.mixing_lr_scale (the group holds every mixer's "
+                          "parameters, not DWA's alone); pass optim.mixing_lr_scale=2")
+    assert last == "[denselab] none of the 1 jobs was started"

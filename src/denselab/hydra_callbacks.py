@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from denselab.config import ConfigError, hydra_quoted, validate_config
+from denselab.config.validation import check_renamed_keys
 from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
 
 
@@ -52,6 +53,7 @@ class SweepCallback(Callback):
         jobs = sweep_jobs(config)
         for n, job in enumerate(jobs):
             try:
+                check_renamed_keys(job)  # a row's old key: the new name in one line, not Hydra's "not in struct"
                 validate_config(compose(config_name=config.hydra.job.config_name, overrides=job), job)
                 VALIDATED_JOBS.add(tuple(job))
             except (ConfigError, HydraException) as e:
