@@ -19,3 +19,18 @@ def test_rows_that_never_ran_are_their_paper_rows_marked_missing_not_extra_rows(
     assert len(table) == 12  # Table 1's rows, nothing more
     assert table.set_index("row").loc["Transformer 48", "ours_n"] == 3
     assert table.set_index("row").loc["Skips With Gains 48", "status"] == "missing"
+
+
+def test_a_row_whose_runs_are_still_running_or_stopped_midway_is_unfinished_not_failed(tmp_path: Path):
+    def run(model: str, seed: int, record: dict | None) -> Run:
+        hp = {"model": model, "paper_depth": 48, "depth": 12, "width": 128}
+        return Run(tmp_path / f"{model}{seed}", (f"model={model}", "paper.depth=48"), str(seed),
+                   None if record is None else {**record, "hparams": hp})
+
+    done = {"status": "completed", "final_val_ppl": 50.0, "steps": 500, "params": {"total": 1_000_000}}
+    runs = [run("transformer", s, done) for s in range(2)]
+    runs += [run("skips_with_gains", 0, {"status": "running"}), run("skips_with_gains", 1, {"status": "interrupted"})]
+    runs += [run("last_k", 0, {"status": "interrupted"}), run("last_k", 1, {"status": "failed", "error": "boom"})]
+    rows = build_table(runs, None, ["model", "depth", "dilation", "period"]).set_index("row")
+    assert rows.loc["Skips With Gains 48", "status"] == "unfinished"  # the same command resumes both
+    assert rows.loc["Last K (K=4) 48", "status"] == "failed"  # one of them failed

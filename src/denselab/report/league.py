@@ -58,7 +58,7 @@ COLUMNS = ["rank", "row", "model", "status", "ours_n", "ours_ppl", "ours_ppl_std
            "mixing_params", "tokens", "train_flops_per_token", "extra_flops_pct", "ours_train_time_s",
            "ours_train_time_s_stderr", "train_time_ratio", "ours_train_bps", "ours_train_bps_stderr",
            "ours_inference_bps", "ours_inference_bps_stderr", "inference_speed_ratio", "ours_steps", "ours_depth",
-           "ours_width", "ours_diverged", "ours_failed", "ours_missing", "errors"]
+           "ours_width", "ours_diverged", "ours_failed", "ours_unfinished", "ours_missing", "errors"]
 
 
 # -- FLOPs, counted -------------------------------------------------------------------------------

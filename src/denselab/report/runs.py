@@ -45,6 +45,11 @@ class Run:
         return self.completed and not self.diverged
 
     @property
+    def unfinished(self) -> bool:
+        """Started and not ended (running, or stopped by a signal or a kill): the same command resumes it."""
+        return self.status in ("running", "interrupted")
+
+    @property
     def failed(self) -> bool:
         """Ran but gave no result: failed, interrupted, still running, or its metrics.json is unreadable."""
         return not (self.completed or self.diverged or self.status == "missing")

@@ -37,7 +37,7 @@ COLUMNS = ["row", "model", "k_x_p", "depth", "width", "note", "paper_params_m", 
            "paper_inference_bps", "ours_inference_bps",
            "ours_inference_bps_stderr", "ours_train_bps", "ours_train_bps_stderr", "paper_steps", "ours_steps",
            "ours_train_time_s", "ours_train_time_s_stderr", "ours_sparsity", "ours_depth", "ours_width",
-           "ours_diverged", "ours_failed", "ours_missing", "status", "errors"]
+           "ours_diverged", "ours_failed", "ours_unfinished", "ours_missing", "status", "errors"]
 
 
 def paper_rows(table: str) -> pd.DataFrame:
@@ -99,6 +99,7 @@ def summarize_group(runs: list[Run]) -> dict[str, Any]:
     hp = (done or runs)[0].hparams
     out: dict[str, Any] = {"ours_n": len(done), "ours_diverged": sum(r.diverged for r in runs),
                            "ours_failed": sum(r.failed for r in runs),
+                           "ours_unfinished": sum(r.unfinished for r in runs),  # of the failed: resumable
                            "ours_missing": sum(r.status == "missing" for r in runs)}
     for key, metric in (("ppl", "final_val_ppl"), ("inference_bps", "inference_bps"), ("train_bps", "train_bps"),
                         ("train_time_s", "train_time_s")):
@@ -204,7 +205,9 @@ def _status(row: dict) -> str:
         return "partial" if short else "ok"
     if row.get("ours_diverged"):  # no seed gave a number because training blew up: a finding, not a gap
         return "diverged"
-    return "failed" if row.get("ours_failed") else "missing"
+    if row.get("ours_failed"):  # only runs still running or stopped midway: a sweep in progress, not a failure
+        return "unfinished" if row.get("ours_unfinished") == row.get("ours_failed") else "failed"
+    return "missing"
 
 
 def for_csv(table: pd.DataFrame) -> pd.DataFrame:
