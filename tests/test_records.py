@@ -113,3 +113,17 @@ def test_records_name_no_folder_of_the_machine_that_wrote_them(tmp_path):
     assert written["run_dir"] == "logs/sweeps/league-mini/model=transformer,seed=1"
     assert written["data"]["dir"] == "data/stdlib-bpe2048" and written["final_val_ppl"] == 50.0
     assert metrics["run_dir"] == str(run_dir)  # the run's own record is left as it is
+
+
+def test_the_wall_time_of_a_campaign_spread_over_sessions_leaves_out_the_days_between_them():
+    from datetime import datetime, timedelta
+
+    from denselab.report.runs import busy_seconds
+
+    t = datetime(2026, 12, 1, 9, 0)
+    minutes = timedelta(minutes=1)
+    two_lanes = [(t, t + 10 * minutes), (t + minutes, t + 11 * minutes), (t + 10 * minutes, t + 20 * minutes)]
+    next_week = [(t + timedelta(days=7), t + timedelta(days=7) + 10 * minutes)]
+    assert busy_seconds(two_lanes) == 20 * 60  # side by side: overlaps counted once
+    assert busy_seconds(two_lanes + next_week) == 30 * 60
+    assert busy_seconds([]) == 0.0

@@ -134,10 +134,25 @@ def run_info(runs: list[Run]) -> dict[str, Any]:
         "diverged": sum(r.diverged for r in runs),
         "missing": sum(r.status == "missing" for r in runs),
         "job_time_s": sum(durations),
-        "span_s": (max(ends) - min(starts)).total_seconds() if done else 0.0,
+        "span_s": busy_seconds(list(zip(starts, ends))),
         "commits": sorted({(r.metrics.get("git") or {}).get("commit") or "?" for r in done}),
         "machines": sorted({_machine(r.metrics) for r in done}),
     }
+
+
+def busy_seconds(intervals: list[tuple]) -> float:
+    """The wall time during which at least one run was training: the length of the union of the runs'
+    (start, end) intervals. A sweep spread over several sessions (run records) does not count the days
+    between them; one uninterrupted sweep's is its first start to its last end, less idle gaps."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += (end - start).total_seconds()
+            reach = end
+        elif end > reach:
+            total += (end - reach).total_seconds()
+            reach = end
+    return total
 
 
 def _machine(metrics: dict) -> str:
