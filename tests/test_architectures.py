@@ -104,7 +104,8 @@ def test_mixing_parameters_are_the_optimisers_mixing_group(name):
 
 @pytest.mark.parametrize("name, norms", [("mudd", "k_norms.0.weight"), ("elc_bert", "post_norms.0.bias"),
                                          ("elc_bert_skips_zero_init", "post_norms.1.weight"),
-                                         ("hyper_connections_dynamic", "norm_gain")])
+                                         ("hyper_connections_dynamic", "norm_gain"), ("attn_res", "key_gains"),
+                                         ("attn_res_block", "key_gains")])
 def test_a_mixers_norm_gains_are_not_weight_decayed_where_the_mixing_weights_are(name, norms):
     """scale=small/paper decay the mixing weights (the official code's nn.Linear rule); norms never."""
     model = build(name)

@@ -6,8 +6,8 @@ Groups (names as logged by LearningRateMonitor):
     mixing    every depth-mixing parameter (the mixer's: DWA α,  `mixing_weight_decay`, lr × `mixing_lr_scale`
               gains, λ, hyper-connection and MUDD weights, ...)
     mixing_norms  the mixer's norm gains and biases (MUDD's       no weight decay, lr × `mixing_lr_scale`
-              LN_k/LN_v, ELC-BERT's PostLN, hyper-connections'
-              RMSNorm gain); a group of its own only where
+              LN_k/LN_v, ELC-BERT's PostLN, the RMSNorm gains of
+              hyper-connections and AttnRes); a group of its own where
               `mixing_weight_decay` is not 0
 
 The official experiments code (epfml/DenseFormer) stores each DWA's α as an `nn.Linear` weight,

@@ -19,6 +19,10 @@ keeps fixed across depths (about 8), so `n_blocks` sets it: block_size = ⌈2d /
 Initialisation (the paper's): w_ℓ = 0, so every α starts uniform — AttnRes does *not* start as the
 Transformer (the uniform average replaces the sum). Extra parameters: 2C per sub-layer plus the
 read-out, (2·2d + 2)·C = 148,992 at depth 48, width 768.
+
+Not verifiable against the authors' code: none of it is in the stored index (the repositories named
+after AttnRes there are third-party), so the node follows the paper's equations, its zero-initialised
+queries and its ~8 blocks; details the paper leaves open (the norm's ε, the final read-out) are ours.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from denselab.models.gpt import Rotary
 
 
 class AttnRes(nn.Module):
+    NORM_GAINS = ("key_gains",)  # the RMSNorm_ℓ gains: never weight-decayed (GPT.mixer_norm_parameters)
+
     def __init__(self, depth: int, width: int, block_size: int | None = None, n_blocks: int | None = None):
         super().__init__()
         for name, value in (("block_size", block_size), ("n_blocks", n_blocks)):

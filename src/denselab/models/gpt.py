@@ -276,7 +276,7 @@ class GPT(nn.Module):
     def mixer_norm_parameters(self) -> set[str]:
         """Names of the mixing parameters that are norm gains or biases: those of the LayerNorms a mixer
         owns (MUDD's LN_k/LN_v, ELC-BERT's PostLN) and the gains a mixer lists in `NORM_GAINS`
-        (hyper-connections' RMSNorm gain). The optimiser never decays them (optim.py), as every norm."""
+        (hyper-connections' and AttnRes's RMSNorm gains). The optimiser never decays them (optim.py), as every norm."""
         names = set()
         for module_name, module in self.mixer.named_modules():
             prefix = f"mixer.{module_name}." if module_name else "mixer."

@@ -25,6 +25,10 @@ the untrained logits by ~1e-2 in our test) — so the start is the Transformer u
 
 Extra parameters per sub-layer: n² + 2n static (24 for n = 4, 2,304 at depth 48); dynamic adds
 C(n + 3) + 2 (5,378 at width 768, n = 4; 516,288 more at depth 48).
+
+Not verifiable against the authors' code: none is in the stored index (the hyper-connection
+repositories there are third-party, most of them of the later manifold-constrained variant), so the
+node follows the paper's equations and initialisation; the output average and the norm's ε are ours.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ modded-nanogpt speedrun). With `normalize_x0=true` the shortcut reads RMSNorm(X_
 as modded-nanogpt does (it normalises the embedding once, `x = x0 = norm(embed(idx))`); the main
 stream still starts from X_0 itself, so the untrained model stays the Transformer. Extra parameters:
 2d (96 at depth 48).
+
+Not verifiable as one reference: modded-nanogpt's x0 lambdas changed from record to record (with value
+embeddings, skip weights and other changes around them), so the node is the two forms above, isolated
+in this suite's GPT, not any one record's model.
 """
 
 from __future__ import annotations
