@@ -47,6 +47,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from denselab import records
 from denselab.callbacks import Diverged, MixingParameterLogger, TrainTimer
 from denselab.checkpoints import (CKPT_DIR, newest_loadable, remove_partial_saves, resumable_checkpoint, run_checkpoints,
                                   unloadable_reason)
@@ -59,7 +60,6 @@ from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_
 from denselab.lit_module import LanguageModel
 from denselab.models import build_model, count_parameters, padded_vocab_size
 from denselab.plan import model_flops_per_token
-from denselab import records
 from denselab.preemption import Preempted
 from denselab.ranks import announce_run_dir_to_children, distributed_job, global_rank, say
 from denselab.run_lock import RunLocked, run_lock
@@ -195,7 +195,8 @@ def committed_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
         return None
     made = f"commit {((record.get('git') or {}).get('commit') or '?')[:10]}, {record.get('finished_at', '?')[:10]}"
     ppl = record.get("final_val_ppl")
-    result = (f"final val ppl {ppl:.3f}" if record["status"] == "completed" and isinstance(ppl, (int, float)) else f"{record['status']}: {record.get('error')}")
+    completed = record["status"] == "completed" and isinstance(ppl, (int, float))
+    result = f"final val ppl {ppl:.3f}" if completed else f"{record['status']}: {record.get('error')}"
     say(f"[denselab] {job.out.name}: recorded in {where} ({result}; {made}); skipping. "
         "Pass ckpt_path=null to train it here.")
     return record
