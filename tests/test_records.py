@@ -73,6 +73,22 @@ def test_a_run_started_here_is_resumed_from_its_folder_not_skipped_from_a_record
     assert finished_record(cfg, job) is None
 
 
+def test_a_run_folder_with_an_unreadable_metrics_json_is_trained_not_skipped_from_a_record(tmp_path):
+    cfg = experiment("league", tmp_path)
+    recorded_run(cfg, tmp_path)
+    job = job_for(tmp_path)
+    job.metrics_path.write_bytes(b"\x00\x9f{")  # damaged on disk: this machine did start the run
+    assert finished_record(cfg, job) is None
+
+
+def test_table2s_same_time_runs_neither_write_nor_skip_from_records(tmp_path):
+    """The same-time Transformer reads its reference run's metrics.json from the sweep folder."""
+    cfg = experiment("table2", tmp_path)
+    assert not records.uses_records(cfg) and not records.uses_records(experiment("fig3c", tmp_path))
+    recorded_run(cfg, tmp_path, name="dilation=4,dwa_period=5,model=denseformer,seed=0")
+    assert finished_record(cfg, job_for(tmp_path, "dilation=4,dwa_period=5,model=denseformer,seed=0")) is None
+
+
 def test_ckpt_path_null_trains_a_recorded_run_again(tmp_path):
     cfg = experiment("league", tmp_path, "ckpt_path=null")
     recorded_run(experiment("league", tmp_path), tmp_path)
@@ -101,10 +117,14 @@ def test_the_report_reads_a_missing_run_from_its_record(tmp_path):
     assert read_run(tmp_path / "logs" / "model=mudd,seed=0", ("model=mudd",), "0", tmp_path / "report").status == "missing"
 
 
-def test_records_name_no_folder_of_the_machine_that_wrote_them(tmp_path):
+def test_records_hold_the_runs_config_and_name_no_folder_of_the_machine_that_wrote_them(tmp_path):
     run_dir = tmp_path / "logs" / "sweeps" / "league-mini" / "model=transformer,seed=1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(f"seq_len: 128\npaths:\n  root_dir: {tmp_path}\n"
+                                         f"  data_dir: {tmp_path}/data\nmodel:\n  name: transformer\n")
     metrics = {"status": "completed", "final_val_ppl": 50.0, "run_dir": str(run_dir),
-               "data": {"dir": str(tmp_path / "data" / "stdlib-bpe2048"), "tokens": 10}}
+               "data": {"dir": str(tmp_path / "data" / "stdlib-bpe2048"), "tokens": 10},
+               "same_train_time": {"reference_run": str(run_dir.with_name("x"))}}
     runs = [Run(run_dir, ("model=transformer",), "1", metrics),
             Run(run_dir.with_name("model=mudd,seed=1"), ("model=mudd",), "1", {"status": "running"}),
             Run(run_dir.with_name("model=last_k,seed=1"), ("model=last_k",), "1", None)]
@@ -112,7 +132,12 @@ def test_records_name_no_folder_of_the_machine_that_wrote_them(tmp_path):
     written = json.loads(records.record_path(tmp_path / "report", "model=transformer,seed=1").read_text())
     assert written["run_dir"] == "logs/sweeps/league-mini/model=transformer,seed=1"
     assert written["data"]["dir"] == "data/stdlib-bpe2048" and written["final_val_ppl"] == 50.0
+    assert written["same_train_time"]["reference_run"] == "logs/sweeps/league-mini/x"
+    assert written["config"] == {"seq_len": 128, "paths": {"root_dir": ".", "data_dir": "data"},
+                                 "model": {"name": "transformer"}}
+    assert str(tmp_path) not in json.dumps(written)
     assert metrics["run_dir"] == str(run_dir)  # the run's own record is left as it is
+    assert records.run_config(tmp_path / "elsewhere", written).model.name == "transformer"  # the league's FLOPs
 
 
 def test_the_wall_time_of_a_campaign_spread_over_sessions_leaves_out_the_days_between_them():

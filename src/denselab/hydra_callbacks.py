@@ -72,8 +72,9 @@ class SweepCallback(Callback):
             if not reported:
                 print(f"[denselab] nothing to aggregate: {e}", file=sys.stderr)
                 raise SystemExit(1) from None
-            results = None  # every run was skipped from its committed record (denselab/records.py)
-            print("[denselab] no run was trained here: the report is drawn from the committed records")
+            results = None  # e.g. every run was skipped from its committed record (denselab/records.py)
+            print("[denselab] no run folder of this sweep holds a result: the report is drawn from the run records "
+                  "(where there are any)")
         if reported:
             from denselab.report import report_experiment
 

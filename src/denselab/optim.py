@@ -15,8 +15,11 @@ so its optimiser puts α in the *decayed* group with the common learning rate (w
 `scale=paper` and `scale=small` do the same (`optim.mixing_weight_decay: 0.1`); the CPU scales leave the
 mixing weights undecayed (decay pulls α_{i,i} from its identity value 1 towards 0), as every committed
 mini result was trained. The same rule (decay the weights of linear maps, not norms) leaves the norms a
-mixer owns undecayed at every scale, like the blocks' LayerNorms: the norm gains are "mixing" parameters
-(counted, logged and frozen by `dwa_start_step` with the rest) with an undecayed optimiser group.
+mixer owns undecayed at every scale, like the blocks' LayerNorms. They are "mixing" parameters (counted,
+logged and frozen by `dwa_start_step` with the rest); where the mixing group is decayed they get a group
+of their own, `mixing_norms`, with no decay, and where it is not they stay in it. (So a checkpoint of
+MUDD, ELC-BERT, dynamic hyper-connections or AttnRes saved with a decayed mixing group before that group
+existed does not resume: its optimiser has one group fewer.)
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Run records: the metrics.json of every finished run of a report, committed beside the report.
+"""Run records: the metrics.json of every finished run of a report, written beside the report.
 
-    experiments/<name>/<scale>/runs/<run folder name>.json
+    experiments/<name>/<scale>/runs/<run folder name>.json     metrics.json, and config.yaml under "config"
 
 A sweep's run folders (logs/sweeps/<name>/...) hold gigabytes of checkpoints and stay on the machine
 that trained them; the records are the few kilobytes a report is made of: the run's final numbers,
-its validation curve, its configuration fingerprint, commit and machine. Committed, they let
+its validation curve, its resolved configuration and fingerprint, commit and machine. Committed with
+the report, they let
 
 * a reader check every number of a table or league against the run that produced it (per seed), and
 * a campaign longer than one machine's session go on elsewhere: a sweep skips the runs whose record
@@ -12,17 +13,18 @@ its validation curve, its configuration fingerprint, commit and machine. Committ
   the report reads the skipped ones from their records.
 
 Only reports drawn from metrics use records (tables, curves, the league). Figures of trained models
-(α heatmaps, pruning, spectra, ...) need the run's checkpoint, so their runs are trained where they
-are drawn.
+(α heatmaps, pruning, spectra, ...) need the run's checkpoint, and Table 2's same-time Transformer
+reads its reference run's folder (`report.records: false`), so their runs are trained where they are
+reported. A report reads a record as it reads a run folder's metrics.json: as the run's result, whatever
+the settings are now (a sweep checks them: it trains a run whose record has other settings again).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from denselab.io import atomic_write_json
 
@@ -36,7 +38,8 @@ NEEDS_RUN_FOLDER = frozenset({"alpha_heatmaps", "alpha_evolution", "embedding_si
 def uses_records(cfg: DictConfig) -> bool:
     """Whether `cfg` is an experiment whose report can be drawn from run records alone."""
     report = cfg.get("report")
-    return report is not None and report.get("out_dir") is not None and report.get("figure") not in NEEDS_RUN_FOLDER
+    return (report is not None and report.get("out_dir") is not None and report.get("records", True)
+            and report.get("figure") not in NEEDS_RUN_FOLDER)
 
 
 def record_path(out_dir: str | Path, run_name: str) -> Path:
@@ -55,31 +58,47 @@ def read_record(out_dir: str | Path, run_name: str) -> dict[str, Any] | None:
 
 
 def write_records(runs: list, out_dir: str | Path, root: str | Path) -> int:
-    """A record of every finished run read from its folder (not the ones read from records already);
-    the machine's paths below `root` made relative to it. Returns how many were written."""
+    """A record of every finished run read from its folder (not the ones read from records already):
+    its metrics.json, with its config.yaml under "config" (the league counts a model's FLOPs from it),
+    every path below `root` made relative to it. Returns how many were written."""
     written = 0
     for run in runs:
         if run.recorded or run.status not in FINISHED:
             continue
-        atomic_write_json(record_path(out_dir, run.dir.name), _portable(run.metrics, Path(root)))
+        record = dict(run.metrics)
+        config = run.dir / "config.yaml"
+        if config.is_file():
+            record["config"] = OmegaConf.to_container(OmegaConf.load(config))
+        atomic_write_json(record_path(out_dir, run.dir.name), _relative_paths(record, _root_prefixes(Path(root))))
         written += 1
     return written
 
 
-def _portable(metrics: dict[str, Any], root: Path) -> dict[str, Any]:
-    """metrics.json with the run folder and the data folder relative to the repository root, so a
-    committed record names no folder of the machine that wrote it."""
-    record = json.loads(json.dumps(metrics))  # a deep copy
-    record["run_dir"] = _below(record.get("run_dir"), root)
-    if isinstance(record.get("data"), dict):
-        record["data"]["dir"] = _below(record["data"].get("dir"), root)
-    return record
+def run_config(run_dir: Path, record: dict[str, Any] | None) -> DictConfig | None:
+    """The resolved configuration a run trained with: its folder's config.yaml, else its record's."""
+    if (run_dir / "config.yaml").is_file():
+        return OmegaConf.load(run_dir / "config.yaml")
+    if record and isinstance(record.get("config"), dict):
+        return OmegaConf.create(record["config"])
+    return None
 
 
-def _below(path: str | None, root: Path) -> str | None:
-    if not path:
-        return path
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path
+def _root_prefixes(root: Path) -> tuple[str, ...]:
+    """The repository root as paths below it are written (as given and resolved), longest first."""
+    return tuple(sorted({str(root).rstrip("/") + "/", str(root.resolve()) + "/"}, key=len, reverse=True))
+
+
+def _relative_paths(value: Any, prefixes: tuple[str, ...]) -> Any:
+    """`value` (a JSON-like tree) with every string that is a path below the repository root made
+    relative to it, so a committed record names no folder of the machine that wrote it."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, prefixes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, prefixes) for v in value]
+    if isinstance(value, str):
+        for prefix in prefixes:
+            if value.startswith(prefix):
+                return value[len(prefix):]
+            if value == prefix.rstrip("/"):  # the root itself (paths.root_dir)
+                return "."
+    return value

@@ -264,8 +264,9 @@ def write_readme(name: str, folder: Path) -> Path:
     lines += ["## Results by scale", "",
               "Every file below is written by `denselab.report` from the runs' metrics.json and checkpoints; "
               "none is edited by hand; `<scale>/runs/`, where present, holds each run's record (its metrics.json) for reports "
-              "that read metrics only. Wall time: the time at least one of the runs was training (from the first "
-              "start to the last end, less the gaps between sessions); job time: the sum over runs.", "",
+              "that read metrics only. Wall time: the time at least one of the completed runs was training (from "
+              "each run's last start to its end; the gaps between sessions are left out); job time: the sum "
+              "over those runs.", "",
               "| scale | runs completed / expected | failed | wall time | job time | machine | commit | files |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     if not any(json.loads(p.read_text())["scale"] != "smoke" for p in folder.glob("*/run_info.json")):

@@ -39,6 +39,7 @@ from torch.utils.flop_counter import flop_registry  # noqa: E402
 
 from denselab.aggregate import mixing_parameters  # noqa: E402
 from denselab.io import atomic_write_text  # noqa: E402
+from denselab.records import run_config  # noqa: E402
 from denselab.report.runs import Run, grouped  # noqa: E402
 from denselab.report.tables import build_table, for_csv, label  # noqa: E402
 from hydra_plugins.denselab_sweeper.rows_sweeper import override_key  # noqa: E402
@@ -106,11 +107,10 @@ def train_flops_per_token(model_cfg: DictConfig, vocab_size: int, seq_len: int) 
 
 
 def _run_flops(run: Run) -> float | None:
-    """train_flops_per_token of the model a run trained (its config.yaml), None without one."""
-    config = run.dir / "config.yaml"
-    if not config.is_file() or not run.metrics or "vocab_size" not in run.metrics:
+    """train_flops_per_token of the model a run trained (its config.yaml, or its record's), None without one."""
+    cfg = run_config(run.dir, run.metrics)
+    if cfg is None or not run.metrics or "vocab_size" not in run.metrics:
         return None
-    cfg = OmegaConf.load(config)
     return train_flops_per_token(cfg.model, int(run.metrics["vocab_size"]), int(cfg.seq_len))
 
 

@@ -142,8 +142,9 @@ def run_info(runs: list[Run]) -> dict[str, Any]:
 
 def busy_seconds(intervals: list[tuple]) -> float:
     """The wall time during which at least one run was training: the length of the union of the runs'
-    (start, end) intervals. A sweep spread over several sessions (run records) does not count the days
-    between them; one uninterrupted sweep's is its first start to its last end, less idle gaps."""
+    (start, end) intervals (a resumed run's from its last start). A sweep spread over several sessions
+    (run records) does not count the days between them; one uninterrupted sweep's is its first start to
+    its last end, less idle gaps."""
     total, reach = 0.0, None
     for start, end in sorted(intervals):
         if reach is None or start > reach:
