@@ -85,6 +85,7 @@ def test_rerunning_a_table_skips_finished_runs_and_redoes_missing_and_failed_one
     import shutil
 
     shutil.rmtree(deleted)
+    (shared[1] / "table3" / "runs" / f"{deleted.name}.json").unlink()  # and its record: a run that never ran
     stamp = kept.stat().st_mtime_ns
     proc = run_experiment("table3", shared, data_dir)
     assert proc.stdout.count("already completed") == len(runs) - 2
