@@ -214,9 +214,10 @@ def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
         xerr = None if math.isnan(lo) else [[d - lo], [hi - d]]
         ax.errorbar(d, yi, xerr=xerr, fmt="o", capsize=3, color="tab:blue" if res else "tab:gray")
     ax.axvline(0, color="tab:red", ls="--", lw=1)
+    ax.set_xscale("symlog", linthresh=10)  # linear within ±10 ppl, where most nodes are; an outlier stays on the plot
     ax.set_yticks(y, done["row"])
     ax.invert_yaxis()
-    ax.set_xlabel("Δ perplexity vs the Transformer (paired; bars: 95 % CI)")
+    ax.set_xlabel("Δ perplexity vs the Transformer (paired; bars: 95 % CI; log beyond ±10)")
     ax.set_title("(a) paired difference (blue: CI excludes 0)", fontsize=10)
     reference = done.iloc[0:0]
     if "diff_reference" in done and done["diff_reference"].notna().any():
@@ -236,8 +237,9 @@ def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
         if x == "mixing_params":  # from 0 (the Transformer, ResFormer) to millions (MUDD at the paper's size)
             ax.set_xscale("symlog", linthresh=10)
             ax.set_xlim(-1, 3 * max([10.0, *rows[x].astype(float)]))
+        ax.set_yscale("log")  # perplexity is exp(loss): equal steps are equal loss differences
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("final validation perplexity (± SE over seeds)")
+        ax.set_ylabel("final validation perplexity (± SE over seeds; log)")
         ax.set_title(f"{tag} perplexity vs {xlabel.split(' (')[0]}", fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
