@@ -69,6 +69,7 @@ def test_a_run_started_here_is_resumed_from_its_folder_not_skipped_from_a_record
     cfg = experiment("league", tmp_path)
     recorded_run(cfg, tmp_path)
     job = job_for(tmp_path)
+    assert finished_record(cfg, job) is not None  # the record is used while the folder holds no run
     job.metrics_path.write_text(json.dumps({"status": "interrupted", "steps": 3}))
     assert finished_record(cfg, job) is None
 
@@ -77,6 +78,7 @@ def test_a_run_folder_with_an_unreadable_metrics_json_is_trained_not_skipped_fro
     cfg = experiment("league", tmp_path)
     recorded_run(cfg, tmp_path)
     job = job_for(tmp_path)
+    assert finished_record(cfg, job) is not None  # the record is used while the folder holds no run
     job.metrics_path.write_bytes(b"\x00\x9f{")  # damaged on disk: this machine did start the run
     assert finished_record(cfg, job) is None
 
@@ -90,9 +92,10 @@ def test_table2s_same_time_runs_neither_write_nor_skip_from_records(tmp_path):
 
 
 def test_ckpt_path_null_trains_a_recorded_run_again(tmp_path):
-    cfg = experiment("league", tmp_path, "ckpt_path=null")
     recorded_run(experiment("league", tmp_path), tmp_path)
-    assert finished_record(cfg, job_for(tmp_path)) is None
+    job = job_for(tmp_path)
+    assert finished_record(experiment("league", tmp_path), job) is not None  # ckpt_path=last: skipped
+    assert finished_record(experiment("league", tmp_path, "ckpt_path=null"), job) is None
 
 
 def test_figures_of_trained_models_do_not_skip_from_records(tmp_path):

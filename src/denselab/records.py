@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from denselab.io import atomic_write_json
 
 FOLDER = "runs"
-FINISHED = ("completed", "diverged")
+FINISHED = ("completed", "diverged")  # statuses a re-run skips (ckpt_path=null trains them again)
 # Report kinds (report.figure) that read a trained model or a file of the run folder, not only metrics.json.
 NEEDS_RUN_FOLDER = frozenset({"alpha_heatmaps", "alpha_evolution", "embedding_similarity", "alpha_pruning",
                               "singular_values"})

@@ -80,7 +80,6 @@ warnings.filterwarnings("ignore", message=".*there is no last checkpoint availab
 warnings.filterwarnings("ignore", message=r".*It is recommended to use `self.log\('(final_)?val/.*sync_dist=True.*")
 
 PAPER_KEYS = ("depth", "width", "seq_len", "batch_size", "steps", "lr", "dwa_start_step")  # hparams at a scale
-FINISHED = ("completed", "diverged")  # statuses a re-run skips (ckpt_path=null trains them again)
 
 
 @dataclass
@@ -453,7 +452,7 @@ def _record(job: Job, cfg: DictConfig, status: str, error: BaseException, steps:
     if job.rank != 0:
         return
     record = job.record or read_metrics(job.metrics_path)[0] or {}
-    if record.get("status") in FINISHED and not job.record:
+    if record.get("status") in records.FINISHED and not job.record:
         log.error("%s: this attempt failed (%s: %s); its earlier %s record is kept", job.metrics_path,
                   type(error).__name__, error, record["status"])
         FAILED_ATTEMPTS.append(str(job.out))
