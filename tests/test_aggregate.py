@@ -258,10 +258,10 @@ def test_each_row_gets_its_paired_difference_to_the_reference_row_with_a_95_perc
 
 
 def test_run_info_names_a_sweep_folder_below_the_repository_relative_to_it(tmp_path):
-    from denselab.report.build import _below_root
+    from denselab.io import relative_to_root
 
-    assert _below_root(tmp_path / "logs" / "sweeps" / "table1-mini", str(tmp_path)) == "logs/sweeps/table1-mini"
-    assert _below_root(tmp_path / "elsewhere", str(tmp_path / "repo")) == str(tmp_path / "elsewhere")
+    assert relative_to_root(tmp_path / "logs" / "sweeps" / "table1-mini", str(tmp_path)) == "logs/sweeps/table1-mini"
+    assert relative_to_root(tmp_path / "elsewhere", str(tmp_path / "repo")) == str(tmp_path / "elsewhere")
 
 
 def test_the_report_figures_show_the_seed_spread(tmp_path, monkeypatch):

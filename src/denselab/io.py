@@ -43,6 +43,31 @@ def display_path(path: str | Path) -> str:
         return str(path)
 
 
+def relative_to_root(value: Any, root: str | Path) -> Any:
+    """`value` (a path, or a JSON-like tree) with every string that is a path below the repository
+    `root` made relative to it ("." for the root itself), so a committed file names no folder of the
+    machine that wrote it; other paths are returned as strings, unchanged."""
+    root = Path(root)
+    prefixes = sorted({str(root).rstrip("/") + "/", str(root.resolve()) + "/"}, key=len, reverse=True)
+
+    def relative(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: relative(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [relative(x) for x in v]
+        if isinstance(v, (str, Path)):
+            text = str(v)
+            for prefix in prefixes:
+                if text.startswith(prefix):
+                    return text[len(prefix):]
+                if text == prefix.rstrip("/"):
+                    return "."
+            return text
+        return v
+
+    return relative(value)
+
+
 def hash_file(path: str | Path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
     """Feed a file's bytes into `h` (a new sha256 when None), 4 MiB at a time; returns `h`."""
     h = h if h is not None else hashlib.sha256()

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from denselab.io import atomic_write_json
+from denselab.io import atomic_write_json, relative_to_root
 
 FOLDER = "runs"
 FINISHED = ("completed", "diverged")  # statuses a re-run skips (ckpt_path=null trains them again)
@@ -69,7 +69,7 @@ def write_records(runs: list, out_dir: str | Path, root: str | Path) -> int:
         config = run.dir / "config.yaml"
         if config.is_file():
             record["config"] = OmegaConf.to_container(OmegaConf.load(config))
-        atomic_write_json(record_path(out_dir, run.dir.name), _relative_paths(record, _root_prefixes(Path(root))))
+        atomic_write_json(record_path(out_dir, run.dir.name), relative_to_root(record, root))
         written += 1
     return written
 
@@ -81,24 +81,3 @@ def run_config(run_dir: Path, record: dict[str, Any] | None) -> DictConfig | Non
     if record and isinstance(record.get("config"), dict):
         return OmegaConf.create(record["config"])
     return None
-
-
-def _root_prefixes(root: Path) -> tuple[str, ...]:
-    """The repository root as paths below it are written (as given and resolved), longest first."""
-    return tuple(sorted({str(root).rstrip("/") + "/", str(root.resolve()) + "/"}, key=len, reverse=True))
-
-
-def _relative_paths(value: Any, prefixes: tuple[str, ...]) -> Any:
-    """`value` (a JSON-like tree) with every string that is a path below the repository root made
-    relative to it, so a committed record names no folder of the machine that wrote it."""
-    if isinstance(value, dict):
-        return {k: _relative_paths(v, prefixes) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_relative_paths(v, prefixes) for v in value]
-    if isinstance(value, str):
-        for prefix in prefixes:
-            if value.startswith(prefix):
-                return value[len(prefix):]
-            if value == prefix.rstrip("/"):  # the root itself (paths.root_dir)
-                return "."
-    return value

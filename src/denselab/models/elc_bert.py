@@ -53,6 +53,14 @@ Extra parameters: Σ_{i=2..d} i = d(d+1)/2 - 1 logits (1,175 at depth 48; ELC-BE
 w_1, a single logit whose softmax is always 1 and whose gradient is therefore always 0), plus 2C per
 block for PostLN with layer ltg or ltg_zero (73,728 at depth 48, width 768).
 
+Why the ltg layers learn slower here than in the reference: ELC-BERT is a masked LM, where the token
+being predicted is hidden anyway; in this causal LM the next-token prediction needs the current token,
+and with no skip around attention it reaches o_i only through attention, which at init averages the
+values of the whole prefix (the current token weighs 1/t). Every layer must first learn to attend to
+its own position, so expect elc_bert and elc_bert_skips_zero_init to trail the Transformer early in
+training, unlike the pre_ln wiring (the league reports this); the DenseFormer paper's Fig. 15, whose
+wiring is not published, shows ELC-BERT ahead early on.
+
 Not verifiable against the reference: ELC-BERT is a bidirectional masked LM on LTG-BERT blocks
 (relative-position attention, GeGLU MLP with an inner LayerNorm, per-layer init scaling); here the
 wiring and the norms are applied to this suite's causal GPT blocks, so only the depth mixing and

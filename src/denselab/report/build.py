@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from denselab.io import atomic_write_json, atomic_write_text, git_info
+from denselab.io import atomic_write_json, atomic_write_text, git_info, relative_to_root
 from denselab import records
 from denselab.report import analysis, figures, gates, league
 from denselab.report.runs import Run, expected_runs, run_info, select, sweep_dir
@@ -46,7 +46,7 @@ def report_experiment(cfg: DictConfig, extra_overrides: list[str] = ()) -> list[
     else:
         written += ANALYSES[kind](runs, cfg, title, out / name)
 
-    info = run_info(runs) | {"scale": cfg.scale.name, "sweep_dir": _below_root(sweep_dir(cfg), cfg.paths.root_dir),
+    info = run_info(runs) | {"scale": cfg.scale.name, "sweep_dir": relative_to_root(sweep_dir(cfg), cfg.paths.root_dir),
                              "report_commit": git_info()["commit"], "files": [p.name for p in written]}
     if records.uses_records(cfg):  # every finished run's metrics.json, committed beside the report
         records.write_records(runs, out, cfg.paths.root_dir)
@@ -293,15 +293,6 @@ def write_readme(name: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
-
-
-def _below_root(path: Path, root: str) -> str:
-    """`path` relative to the repository root when it lies below it (logs/sweeps/table1-mini): committed
-    files name no folder of the machine that wrote them."""
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _gpu_cost_lines(name: str, source: str | None) -> list[str]:
