@@ -143,6 +143,55 @@ def test_records_hold_the_runs_config_and_name_no_folder_of_the_machine_that_wro
     assert records.run_config(tmp_path / "elsewhere", written).model.name == "transformer"  # the league's FLOPs
 
 
+def in_experiments(name: str, tmp_path: Path, *overrides: str):
+    """`experiment=name` at smoke with its report where the repository keeps it: experiments/<name>/smoke."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"experiment={name}", "scale=smoke", f"paths.root_dir={tmp_path}",
+                                            f"paths.output_dir={tmp_path / 'logs' / 'job'}", *overrides])
+
+
+def fingerprint(cfg) -> str:
+    return training_fingerprint(OmegaConf.to_container(cfg, resolve=True))
+
+
+def league_record(tmp_path: Path, *overrides: str) -> Path:
+    """The league's record of its Transformer, seed 0, as a report committed it."""
+    league = in_experiments("league", tmp_path, "model=transformer", "seed=0", *overrides)
+    path = records.record_path(league.report.out_dir, "model=transformer,seed=0")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"status": "completed", "final_val_ppl": 42.5, "fingerprint": fingerprint(league),
+                                "git": {"commit": "0123456789abcdef"}, "finished_at": "2026-12-01T10:00:00+00:00"}))
+    return path
+
+
+def test_the_leagues_transformer_is_the_same_training_as_table1s_48_block_transformer(tmp_path):
+    league = in_experiments("league", tmp_path, "model=transformer", "seed=0")
+    assert fingerprint(in_experiments("table1", tmp_path, "model=transformer", "paper.depth=48", "seed=0")) == fingerprint(league)
+    assert fingerprint(in_experiments("table1", tmp_path, "model=transformer", "paper.depth=72", "seed=0")) != fingerprint(league)
+    assert fingerprint(in_experiments("table1", tmp_path, "model=transformer", "paper.depth=48", "seed=1")) != fingerprint(league)
+
+
+def test_a_run_recorded_by_another_experiment_is_not_trained_again_and_its_record_is_copied(tmp_path, capsys, caplog):
+    league_record(tmp_path)
+    table1 = in_experiments("table1", tmp_path, "model=transformer", "paper.depth=48", "seed=0")
+    name = "model=transformer,paper.depth=48,seed=0"
+    skipped = finished_record(table1, job_for(tmp_path, name))
+    assert skipped is not None and skipped["final_val_ppl"] == 42.5
+    text = said(capsys, caplog)
+    assert "league/smoke/runs/model=transformer,seed=0.json, the same training (copied to" in text and "skipping" in text
+    copied = json.loads(records.record_path(table1.report.out_dir, name).read_text())
+    assert copied["recorded_from"] == "experiments/league/smoke/runs/model=transformer,seed=0.json"
+    run = read_run(tmp_path / "logs" / name, ("model=transformer",), "0", table1.report.out_dir)
+    assert run.recorded and run.ok and run.metrics["final_val_ppl"] == 42.5  # Table 1's report reads it
+
+
+def test_another_experiments_record_of_other_settings_is_neither_used_nor_copied(tmp_path):
+    league_record(tmp_path, "lr=0.5")
+    table1 = in_experiments("table1", tmp_path, "model=transformer", "paper.depth=48", "seed=0")
+    assert finished_record(table1, job_for(tmp_path, "model=transformer,paper.depth=48,seed=0")) is None
+    assert not (Path(table1.report.out_dir) / records.FOLDER).exists()
+
+
 def test_the_wall_time_of_a_campaign_spread_over_sessions_leaves_out_the_days_between_them():
     from datetime import datetime, timedelta
 

@@ -10,7 +10,10 @@ the report, they let
 * a reader check every number of a table or league against the run that produced it (per seed), and
 * a campaign longer than one machine's session go on elsewhere: a sweep skips the runs whose record
   matches its configuration (the same training fingerprint) and trains only the missing ones, and
-  the report reads the skipped ones from their records.
+  the report reads the skipped ones from their records;
+* one training serve every experiment that asks for it: a run recorded by another experiment at the
+  same scale with the same fingerprint (the league's Transformer is Table 1's 48-block Transformer) is
+  not trained again; the sweep copies its record under its own report (`recorded_from` says whence).
 
 Only reports drawn from metrics use records (tables, curves, the league). Figures of trained models
 (α heatmaps, pruning, spectra, ...) need the run's checkpoint, and Table 2's same-time Transformer
@@ -55,6 +58,32 @@ def read_record(out_dir: str | Path, run_name: str) -> dict[str, Any] | None:
         return None
     record, _ = read_metrics(path)
     return record if record is not None and record.get("status") in FINISHED else None
+
+
+def same_training_elsewhere(out_dir: str | Path, fingerprint: str) -> tuple[dict[str, Any], Path] | None:
+    """A finished record of the same training (`fingerprint`) in another experiment's report at this
+    scale (experiments/*/<scale>/runs/), with its path, or None. Table 1's 48-block Transformer and the
+    league's Transformer are one run at a given scale and seed: it is trained once."""
+    from denselab.aggregate import read_metrics
+
+    out_dir = Path(out_dir)
+    for path in sorted(out_dir.parent.parent.glob(f"*/{out_dir.name}/{FOLDER}/*.json")):
+        if path.parent.parent == out_dir:
+            continue
+        record, _ = read_metrics(path)
+        if record and record.get("fingerprint") == fingerprint and record.get("status") in FINISHED:
+            return record, path
+    return None
+
+
+def adopt_record(out_dir: str | Path, run_name: str, record: dict[str, Any], source: Path,
+                 root: str | Path) -> dict[str, Any]:
+    """`record` (another experiment's) written as this report's record of `run_name`, naming where it
+    came from (`recorded_from`, relative to the repository root; the first record's, for a copy of a
+    copy): the report reads it as its own."""
+    adopted = record | {"recorded_from": record.get("recorded_from") or relative_to_root(source, root)}
+    atomic_write_json(record_path(out_dir, run_name), adopted)
+    return adopted
 
 
 def write_records(runs: list, out_dir: str | Path, root: str | Path) -> int:

@@ -182,16 +182,25 @@ def finished_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
 def committed_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
     """The record of this run committed beside the experiment's report (denselab/records.py), when it
     was trained with this configuration: the sweep skips it, and the report reads it from there. A
-    run this machine never started, only; a record of other settings is trained again here."""
+    run this machine never started, only; a record of other settings is trained again here. The same
+    training recorded by another experiment at this scale counts too: its record is copied under this
+    report (records.adopt_record)."""
     if not records.uses_records(cfg):
         return None
+    fingerprint = training_fingerprint(OmegaConf.to_container(cfg, resolve=True))
     record = records.read_record(cfg.report.out_dir, job.out.name)
-    if record is None:
-        return None
     where = records.record_path(cfg.report.out_dir, job.out.name)
-    if record.get("fingerprint") != training_fingerprint(OmegaConf.to_container(cfg, resolve=True)):
+    if record is not None and record.get("fingerprint") != fingerprint:
         say(f"[denselab] {where} records this run with other settings; training it here")
         return None
+    if record is None:
+        elsewhere = records.same_training_elsewhere(cfg.report.out_dir, fingerprint)
+        if elsewhere is None:
+            return None
+        record, source = elsewhere
+        if job.rank == 0:
+            records.adopt_record(cfg.report.out_dir, job.out.name, record, source, cfg.paths.root_dir)
+        where = f"{source}, the same training (copied to {where})"
     made = f"commit {((record.get('git') or {}).get('commit') or '?')[:10]}, {record.get('finished_at', '?')[:10]}"
     ppl = record.get("final_val_ppl")
     completed = record["status"] == "completed" and isinstance(ppl, (int, float))
