@@ -11,7 +11,7 @@ the report, they let
 * a campaign longer than one machine's session go on elsewhere: a sweep skips the runs whose record
   matches its configuration (the same training fingerprint) and trains only the missing ones, and
   the report reads the skipped ones from their records;
-* one training serve every experiment that asks for it: a run recorded by another experiment at the
+* one training serves every experiment that asks for it: a run recorded by another experiment at the
   same scale with the same fingerprint (the league's Transformer is Table 1's 48-block Transformer) is
   not trained again; the sweep copies its record under its own report (`recorded_from` says whence).
 
@@ -60,15 +60,16 @@ def read_record(out_dir: str | Path, run_name: str) -> dict[str, Any] | None:
     return record if record is not None and record.get("status") in FINISHED else None
 
 
-def same_training_elsewhere(out_dir: str | Path, fingerprint: str) -> tuple[dict[str, Any], Path] | None:
-    """A finished record of the same training (`fingerprint`) in another experiment's report at this
-    scale (experiments/*/<scale>/runs/), with its path, or None. Table 1's 48-block Transformer and the
-    league's Transformer are one run at a given scale and seed: it is trained once."""
+def same_training_elsewhere(cfg: DictConfig, fingerprint: str) -> tuple[dict[str, Any], Path] | None:
+    """A finished record of the same training (`fingerprint`) in another experiment's report at cfg's
+    scale (<root>/experiments/*/<scale>/runs/), with its path, or None. Table 1's 48-block Transformer
+    and the league's Transformer are one run at a given scale and seed: it is trained once."""
     from denselab.aggregate import read_metrics
 
-    out_dir = Path(out_dir)
-    for path in sorted(out_dir.parent.parent.glob(f"*/{out_dir.name}/{FOLDER}/*.json")):
-        if path.parent.parent == out_dir:
+    own = Path(cfg.report.out_dir).resolve()
+    experiments = Path(cfg.paths.root_dir) / "experiments"
+    for path in sorted(experiments.glob(f"*/{cfg.scale.name}/{FOLDER}/*.json")):
+        if path.parent.parent.resolve() == own:
             continue
         record, _ = read_metrics(path)
         if record and record.get("fingerprint") == fingerprint and record.get("status") in FINISHED:

@@ -194,7 +194,7 @@ def committed_record(cfg: DictConfig, job: Job) -> dict[str, Any] | None:
         say(f"[denselab] {where} records this run with other settings; training it here")
         return None
     if record is None:
-        elsewhere = records.same_training_elsewhere(cfg.report.out_dir, fingerprint)
+        elsewhere = records.same_training_elsewhere(cfg, fingerprint)
         if elsewhere is None:
             return None
         record, source = elsewhere
