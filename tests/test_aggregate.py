@@ -190,6 +190,12 @@ def test_report_reads_an_unreadable_metrics_json_without_crashing(tmp_path):
     assert info["completed"] == 1 and info["failed"] == 1 and info["diverged"] == 0
 
 
+def test_run_info_counts_an_interrupted_run_as_unfinished_not_failed(tmp_path):
+    found = runs(tmp_path, {"0": completed(0, 40.0), "1": {"status": "interrupted", "error": "stopped by SIGTERM"}})
+    info = run_info(found)
+    assert info["completed"] == 1 and info["failed"] == 0 and info["unfinished"] == 1
+
+
 def test_report_figure_labels_a_diverged_row_as_diverged(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 

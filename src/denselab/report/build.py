@@ -277,7 +277,8 @@ def write_readme(name: str, folder: Path) -> Path:
             continue
         files = ", ".join(f"[{f}]({info_path.parent.name}/{f})" for f in info.get("files", []))
         diverged = f" (+{info['diverged']} diverged)" if info.get("diverged") else ""  # older run_info: no key
-        lines.append(f"| {info['scale']} | {info['completed']} / {info['expected']} | {info['failed']}{diverged} | "
+        unfinished = f" (+{info['unfinished']} unfinished)" if info.get("unfinished") else ""
+        lines.append(f"| {info['scale']} | {info['completed']} / {info['expected']} | {info['failed']}{diverged}{unfinished} | "
                      f"{_duration(info['span_s'])} | {_duration(info['job_time_s'])} | {'; '.join(info['machines'])} | "
                      f"{', '.join(c[:10] for c in info['commits'])} | {files} |")
     for info_path in sorted(folder.glob("*/run_info.json")):

@@ -119,7 +119,8 @@ def grouped(runs: list[Run]) -> list[list[Run]]:
 
 
 def run_info(runs: list[Run]) -> dict[str, Any]:
-    """How many runs completed (with a finite perplexity), diverged, failed or are missing, how long
+    """How many runs completed (with a finite perplexity), diverged, failed, are unfinished (interrupted,
+    running) or missing, how long
     the completed ones took, on what, from which commits."""
     from datetime import datetime
 
@@ -130,7 +131,8 @@ def run_info(runs: list[Run]) -> dict[str, Any]:
     return {
         "expected": len(runs),
         "completed": len(done),
-        "failed": sum(r.failed for r in runs),
+        "failed": sum(r.failed and not r.unfinished for r in runs),
+        "unfinished": sum(r.unfinished for r in runs),  # interrupted or running: the same command resumes them
         "diverged": sum(r.diverged for r in runs),
         "missing": sum(r.status == "missing" for r in runs),
         "job_time_s": sum(durations),
