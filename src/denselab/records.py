@@ -51,9 +51,13 @@ def record_path(out_dir: str | Path, run_name: str) -> Path:
 
 def read_record(out_dir: str | Path, run_name: str) -> dict[str, Any] | None:
     """The finished run recorded under `out_dir` as `run_name`, or None (none, unreadable, unfinished)."""
+    return _finished_record(record_path(out_dir, run_name))
+
+
+def _finished_record(path: Path) -> dict[str, Any] | None:
+    """The record in `path` when it is a finished run's (completed or diverged), else None."""
     from denselab.aggregate import read_metrics
 
-    path = record_path(out_dir, run_name)
     if not path.is_file():
         return None
     record, _ = read_metrics(path)
@@ -64,15 +68,13 @@ def same_training_elsewhere(cfg: DictConfig, fingerprint: str) -> tuple[dict[str
     """A finished record of the same training (`fingerprint`) in another experiment's report at cfg's
     scale (<root>/experiments/*/<scale>/runs/), with its path, or None. Table 1's 48-block Transformer
     and the league's Transformer are one run at a given scale and seed: it is trained once."""
-    from denselab.aggregate import read_metrics
-
     own = Path(cfg.report.out_dir).resolve()
     experiments = Path(cfg.paths.root_dir) / "experiments"
     for path in sorted(experiments.glob(f"*/{cfg.scale.name}/{FOLDER}/*.json")):
         if path.parent.parent.resolve() == own:
             continue
-        record, _ = read_metrics(path)
-        if record and record.get("fingerprint") == fingerprint and record.get("status") in FINISHED:
+        record = _finished_record(path)
+        if record is not None and record.get("fingerprint") == fingerprint:
             return record, path
     return None
 
