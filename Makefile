@@ -15,7 +15,7 @@ TABLES := table1 table2 table3 table4 table5 table6 table7 table8 longseq
 FIGURES := fig2b fig3 fig3c fig4 fig5 fig6 fig7 fig8 fig9 fig10 fig11 fig12 fig14 fig15
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint test-all sweep aggregate plan tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-data \
+.PHONY: help install train test lint test-all sweep aggregate plan tensorboard data-owt2 data-pg19 data-wikitext103 bench bench-league bench-data \
 	clean clean-all report claims figures all league $(TABLES) $(FIGURES)
 
 help:  ## list the targets
@@ -92,6 +92,9 @@ data-wikitext103: install  ## download + tokenize WikiText-103 (raw) once into d
 
 bench: install  ## DWA speed: Transformer vs naive vs App. A.2 vs ours, compile, decoding (CSV in experiments/bench/)
 	$(PY) benchmarks/dwa_bench.py $(ARGS)
+
+bench-league: install  ## every league node's training step and inference speed side by side: make bench-league SCALE=mini
+	$(PY) benchmarks/league_speed.py --scale $(SCALE) $(ARGS)
 
 bench-data: install  ## print tokenization tokens/s per worker and batch-draw time vs a training step
 	$(PY) benchmarks/data_bench.py $(ARGS)

@@ -196,3 +196,30 @@ def test_time_split_script_sets_the_dwa_sums_against_the_schemes_traffic_and_a_t
     assert "store_grad" in lines["DWA backward"] and "grad_output" in lines["DWA backward"]
     assert "target x1.06: a budget of" in out and "rest (autograd nodes" in out
     assert "nodes" in out.split("rest (autograd nodes")[1] and "ours with no-op sums" in out
+
+
+def test_league_speed_times_every_league_node_side_by_side_against_the_transformer(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from denselab.config import register_resolvers
+    from denselab.report.league import row_name
+
+    cmd = [sys.executable, "benchmarks/league_speed.py", "--scale", "smoke", "--rounds", "2", "--repeats", "1",
+           "--threads", "1", "--out-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        league = compose("config", overrides=["experiment=league", "scale=smoke"], return_hydra_config=True)
+    names = [row_name(row) for row in OmegaConf.to_container(league.hydra.sweeper.rows)]
+    table = pd.read_csv(tmp_path / "speed.csv")
+    assert table["row"].tolist() == names and (table["rounds"] == 2).all()
+    assert table.iloc[0][["train_ratio", "inference_ratio"]].tolist() == [1.0, 1.0]  # the Transformer
+    for ratio in ("train_ratio", "inference_ratio"):
+        assert (table[f"{ratio}_q1"] <= table[ratio]).all() and (table[ratio] <= table[f"{ratio}_q3"]).all()
+        assert (table[ratio] > 0).all()
+    assert table.set_index("model").loc["mudd", "params"] > table.set_index("model").loc["transformer", "params"]
+    info = json.loads((tmp_path / "speed.json").read_text())
+    assert info["threads"] == 1 and info["rounds"] == 2 and info["commit"] and "league_speed.py" in info["command"]
+    assert "MUDDFormer" in proc.stdout and "inference speed vs Transformer" in proc.stdout
+

@@ -20,7 +20,7 @@ from denselab.config import register_resolvers
 from denselab.models.catalog import node_names
 from denselab.plan import flops_per_token
 from denselab.report.build import write_readme
-from denselab.report.league import league_table, train_flops_per_token
+from denselab.report.league import league_table, markdown, row_name, train_flops_per_token, with_bench_speeds
 from denselab.report.runs import Run, expected_runs
 from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
 from tests.conftest import REPO, run_cli
@@ -106,6 +106,28 @@ def test_league_table_sorts_by_perplexity_with_the_paired_difference_to_the_tran
     assert table.loc["MUDDFormer", "mixing_params"] == 300 and table.loc["MUDDFormer", "params"] == 1300
     assert table.loc["MUDDFormer", "train_time_ratio"] == pytest.approx(1.5)
     assert table.loc["Transformer", "tokens"] == table.loc["MUDDFormer", "tokens"] == 1_024_000
+
+
+def test_the_league_takes_its_side_by_side_speeds_from_speed_csv_by_node_name(tmp_path):
+    runs = [_run(tmp_path, "transformer", s, 7.0 + s) for s in range(2)]
+    runs += [_run(tmp_path, "mudd", s, 6.0 + s, time_s=15.0, mixing=300) for s in range(2)]
+    table = league_table(runs)
+    alone = markdown(with_bench_speeds(table.copy(), tmp_path / "speed.csv"))  # no speed.csv: the runs' speeds
+    assert "| training time | inference speed |" in alone and "side by side" not in alone
+
+    bench = pd.DataFrame({"row": [row_name({"model": "transformer"}), row_name({"model": "mudd"})],
+                          "train_ratio": [1.0, 1.5], "train_ratio_q1": [1.0, 1.4], "train_ratio_q3": [1.0, 1.6],
+                          "inference_ratio": [1.0, 0.75], "inference_ratio_q1": [1.0, 0.7],
+                          "inference_ratio_q3": [1.0, 0.8]})
+    bench.to_csv(tmp_path / "speed.csv", index=False)
+    merged = with_bench_speeds(table.copy(), tmp_path / "speed.csv").set_index("row")
+    assert merged.loc["MUDDFormer", "bench_train_step_ratio"] == 1.5
+    assert merged.loc["MUDDFormer", "bench_inference_speed_ratio_q3"] == 0.8
+    assert merged.loc["MUDDFormer", "train_time_ratio"] == pytest.approx(1.5)  # the runs' own, kept beside
+    text = markdown(merged.reset_index())
+    assert "| training time | training step, side by side | inference speed, side by side |" in text
+    mudd = next(line for line in text.splitlines() if "MUDDFormer" in line)
+    assert mudd.endswith("| ×1.50 | ×1.50 [1.40, 1.60] | ×0.75 [0.70, 0.80] |")
 
 
 def _model_cfg(name: str, depth: int = 4, width: int = 32):

@@ -34,6 +34,34 @@ def test_plan_lists_every_job_and_what_is_left_to_run(tmp_path):
                                               "to run (at MFU 0.50 of 100 TFLOP/s)")
 
 
+def test_plan_counts_a_job_another_experiment_recorded_as_not_to_run(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from denselab.config import register_resolvers, training_fingerprint
+    from denselab.records import record_path
+    from tests.conftest import REPO
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        league = compose("config", overrides=["experiment=league", "scale=smoke", "model=transformer", "seed=0",
+                                              f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'job'}"])
+    path = record_path(league.report.out_dir, "model=transformer,seed=0")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"status": "completed", "final_val_ppl": 42.5,
+                                "fingerprint": training_fingerprint(OmegaConf.to_container(league, resolve=True))}))
+
+    costs = plan(["experiment=table1", "scale=smoke", f"paths.root_dir={tmp_path}"])
+    statuses = {" ".join(o for o in c.overrides if o.startswith(("model=", "paper.depth="))): c.status for c in costs}
+    assert statuses["model=transformer paper.depth=48"] == "recorded:league"  # the same training: Table 1's 48-block row
+    assert statuses["model=transformer paper.depth=72"] == "missing"
+    left = sum(c.gpu_hours(0.5, 100.0) for c in costs if c.status == "missing")
+    assert render(costs, 0.5, 100.0).endswith(
+        f"{len(costs)} jobs, 0 completed, 1 recorded by league (the sweep copies those records instead of training); "
+        f"{sum(c.gpu_hours(0.5, 100.0) for c in costs):,.1f} GPU-hours in all, {left:,.1f} still to run "
+        "(at MFU 0.50 of 100 TFLOP/s)")
+
+
 def test_plan_cli_refuses_a_missing_experiment_and_a_bad_mfu(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["scale=paper"])

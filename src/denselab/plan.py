@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from denselab.config import ConfigError, register_resolvers
 
@@ -52,6 +52,27 @@ class JobCost:
 
     def gpu_hours(self, mfu: float, peak_tflops: float) -> float:
         return self.flops / (mfu * peak_tflops * 1e12) / 3600
+
+    @property
+    def to_run(self) -> bool:
+        """Neither completed nor recorded by another experiment (which the sweep copies, not trains)."""
+        return self.status != "completed" and not self.status.startswith(RECORDED_ELSEWHERE)
+
+
+RECORDED_ELSEWHERE = "recorded:"  # status "recorded:<experiment>"
+
+
+def recorded_elsewhere(job_cfg: DictConfig) -> str | None:
+    """"recorded:<experiment>" when another experiment's committed record at this scale holds the same
+    training as the job (records.same_training_elsewhere: the sweep copies it instead of training it)."""
+    from denselab import records
+    from denselab.config import training_fingerprint
+
+    job_cfg = job_cfg.copy()
+    with open_dict(job_cfg):  # a run folder for the interpolations that need one; paths are not in the fingerprint
+        job_cfg.paths.output_dir = str(Path(job_cfg.paths.log_dir) / "plan")
+    found = records.same_training_elsewhere(job_cfg, training_fingerprint(OmegaConf.to_container(job_cfg, resolve=True)))
+    return None if found is None else RECORDED_ELSEWHERE + found[1].parents[2].name  # experiments/<name>/<scale>/runs/x
 
 
 def flops_per_token(params: int, depth: int, seq_len: int, width: int, mixing_weights: int) -> float:
@@ -81,7 +102,9 @@ def job_cost(cfg: DictConfig, overrides: list[str], status: str) -> JobCost:
 
 
 def plan(overrides: list[str]) -> list[JobCost]:
-    """Every job the experiment's sweep would launch, with its status in the sweep folder and its cost."""
+    """Every job the experiment's sweep would launch, with its status in the sweep folder (or its own
+    records, or "recorded:<experiment>" for the same training recorded by another experiment) and its cost."""
+    from denselab.records import uses_records
     from denselab.report.runs import expected_runs
 
     os.environ.setdefault("DENSELAB_ROOT", str(ROOT))
@@ -91,22 +114,31 @@ def plan(overrides: list[str]) -> list[JobCost]:
         costs = []
         for run in expected_runs(sweep, overrides):  # a run's row holds the command line's overrides too
             job = [*run.row, f"seed={run.seed}"]
-            costs.append(job_cost(compose("config", overrides=job), job, run.status))
+            job_cfg = compose("config", overrides=job)
+            status = run.status
+            if status == "missing" and uses_records(sweep):
+                status = recorded_elsewhere(job_cfg) or status
+            costs.append(job_cost(job_cfg, job, status))
     return costs
 
 
 def render(costs: list[JobCost], mfu: float, peak_tflops: float) -> str:
     shown = [" ".join(o for o in c.overrides if not o.startswith(("experiment=", "scale="))) for c in costs]
     width = max(len("job"), *map(len, shown))
-    lines = [f"{'job':<{width}} {'status':<10} {'params':>12} {'tokens':>15} {'PFLOP':>10} {'GPU-h':>8}"]
+    status_width = max(10, *(len(c.status) for c in costs))
+    lines = [f"{'job':<{width}} {'status':<{status_width}} {'params':>12} {'tokens':>15} {'PFLOP':>10} {'GPU-h':>8}"]
     for c, job in zip(costs, shown):
-        lines.append(f"{job:<{width}} {c.status:<10} {c.params:>12,} {c.tokens:>15,} "
+        lines.append(f"{job:<{width}} {c.status:<{status_width}} {c.params:>12,} {c.tokens:>15,} "
                      f"{c.flops / 1e15:>10,.0f} {c.gpu_hours(mfu, peak_tflops):>8.1f}")
     total = sum(c.gpu_hours(mfu, peak_tflops) for c in costs)
-    left = sum(c.gpu_hours(mfu, peak_tflops) for c in costs if c.status != "completed")
+    left = sum(c.gpu_hours(mfu, peak_tflops) for c in costs if c.to_run)
     done = sum(c.status == "completed" for c in costs)
-    lines.append(f"{len(costs)} jobs, {done} completed; {total:,.1f} GPU-hours in all, {left:,.1f} still to run "
-                 f"(at MFU {mfu:.2f} of {peak_tflops:g} TFLOP/s)")
+    elsewhere = sorted({c.status.removeprefix(RECORDED_ELSEWHERE) for c in costs if c.status.startswith(RECORDED_ELSEWHERE)})
+    recorded = sum(c.status.startswith(RECORDED_ELSEWHERE) for c in costs)
+    copied = (f", {recorded} recorded by {', '.join(elsewhere)} (the sweep copies those records instead of training)"
+              if recorded else "")
+    lines.append(f"{len(costs)} jobs, {done} completed{copied}; {total:,.1f} GPU-hours in all, {left:,.1f} still to "
+                 f"run (at MFU {mfu:.2f} of {peak_tflops:g} TFLOP/s)")
     return "\n".join(lines)
 
 

@@ -257,6 +257,12 @@ def write_readme(name: str, folder: Path) -> Path:
              "```bash", f"make {name} SCALE=mini      # or smoke; small, paper: GPU jobs; default mini",
              f".venv/bin/python run.py -m experiment={name} scale=mini   # the same, directly",
              f".venv/bin/python -m denselab.report experiment={name} scale=mini   # only redraw from the runs", "```", ""]
+    if OmegaConf.select(cfg, "report.figure") == "league":
+        lines += ["Speeds side by side: each run times itself at its end, alone, so on a shared machine its training "
+                  "time and inference speed carry whatever else was running. `make bench-league SCALE=mini` "
+                  "(benchmarks/league_speed.py) times every node in one process, in interleaved rounds, and writes "
+                  "`<scale>/speed.csv` and `speed.json` (machine, commit, command). The report then shows those "
+                  "ratios to the Transformer (median [quartiles] over the rounds) beside the runs' training time.", ""]
     if source:
         lines += [f"It draws on the runs of `{source}` (the same sweep folder): runs `{source}` already "
                   "trained are reused, the missing ones are trained first.", ""]

@@ -15,6 +15,11 @@ its perplexity is reported, not equalised:
   weighted sums, ELC-BERT's softmax mix. The model is built on the meta device, so nothing is computed.
 * `ours_train_time_s`, `train_time_ratio`; `ours_inference_bps`, `inference_speed_ratio`: the measured
   training time and inference speed (metrics.json), as a ratio to the Transformer's on the same sweep.
+  Each run measures these alone, with whatever else shared the machine at the time.
+* `bench_train_step_ratio`, `bench_inference_speed_ratio` (each with `_q1`, `_q3`): the same speeds
+  measured side by side by `benchmarks/league_speed.py`, in interleaved rounds in one process. These are
+  the median and quartiles of the per-round ratios to the Transformer. They are read from `speed.csv`
+  beside the report, when it exists (its `speed.json` says where and how it was measured).
 
 The perplexity columns, and the paired difference to the Transformer with its 95 % confidence interval
 (`diff_*`), are `report.tables.build_table`'s; the Transformer is the league's first row.
@@ -53,12 +58,15 @@ NAMES = {
     "attn_res_block": "AttnRes (block)",
 }
 ROW_KEYS = ("model", "dilation", "dwa_period", "seed")  # what the row name already says
+SPEED_CSV, SPEED_JSON = "speed.csv", "speed.json"  # benchmarks/league_speed.py's, beside the report
+BENCH_COLUMNS = ["bench_train_step_ratio", "bench_train_step_ratio_q1", "bench_train_step_ratio_q3",
+                 "bench_inference_speed_ratio", "bench_inference_speed_ratio_q1", "bench_inference_speed_ratio_q3"]
 
 COLUMNS = ["rank", "row", "model", "status", "ours_n", "ours_ppl", "ours_ppl_stderr", "diff_reference", "diff_ppl",
            "diff_ppl_ci95_low", "diff_ppl_ci95_high", "diff_n", "diff_test", "diff_resolved", "params",
            "mixing_params", "tokens", "train_flops_per_token", "extra_flops_pct", "ours_train_time_s",
            "ours_train_time_s_stderr", "train_time_ratio", "ours_train_bps", "ours_train_bps_stderr",
-           "ours_inference_bps", "ours_inference_bps_stderr", "inference_speed_ratio", "ours_steps", "ours_depth",
+           "ours_inference_bps", "ours_inference_bps_stderr", "inference_speed_ratio", *BENCH_COLUMNS, "ours_steps", "ours_depth",
            "ours_width", "ours_diverged", "ours_failed", "ours_unfinished", "ours_missing", "errors"]
 
 
@@ -122,6 +130,24 @@ def _name(model: str, kxp: Any, extra: str) -> str:
     return f"{name} ({extra})" if extra else name
 
 
+def row_name(row: dict[str, Any]) -> str:
+    """The league name of a row of conf/experiment/league.yaml (as league_table names it)."""
+    kxp = f"{row['dilation']}x{row.get('dwa_period', 1)}" if "dilation" in row else None
+    return _name(row["model"], kxp, " ".join(f"{k}={v}" for k, v in row.items() if k not in ROW_KEYS))
+
+
+def with_bench_speeds(table: pd.DataFrame, speed_csv: Path) -> pd.DataFrame:
+    """`table` with the side-by-side speed ratios of `speed_csv` (benchmarks/league_speed.py) by row name;
+    unchanged when the file does not exist."""
+    if not speed_csv.exists():
+        return table
+    bench = pd.read_csv(speed_csv).set_index("row")
+    for ours, theirs in (("bench_train_step_ratio", "train_ratio"), ("bench_inference_speed_ratio", "inference_ratio")):
+        for suffix in ("", "_q1", "_q3"):
+            table[ours + suffix] = table["row"].map(bench[theirs + suffix])
+    return table
+
+
 def _costs(group: list[Run]) -> dict[str, Any]:
     done = [r for r in group if r.ok]
     if not done:
@@ -173,10 +199,13 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """The league as a markdown table (the README's and the closing note's)."""
+    """The league as a markdown table (the README's and the closing note's). With side-by-side speeds
+    (speed.csv) it shows those, median [quartiles] over rounds, in place of the runs' inference speed."""
+    bench = table.get("bench_train_step_ratio", pd.Series(dtype=float)).notna().any()
+    speeds = ("training step, side by side | inference speed, side by side |" if bench else "inference speed |")
     lines = ["| # | node | `model=` | params | mixing params | perplexity ± SE (n) | Δ vs Transformer [95 % CI] | "
-             "extra FLOPs | training time | inference speed |",
-             "| ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
+             f"extra FLOPs | training time | {speeds}",
+             "| ---: | --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: |" + (" ---: |" if bench else "")]
     for r in table.to_dict("records"):
         ppl = f"{_fmt(r['ours_ppl'])} ± {_fmt(r.get('ours_ppl_stderr')) or '–'} ({r['ours_n']})" if _fmt(
             r["ours_ppl"]) else r["status"]
@@ -187,10 +216,13 @@ def markdown(table: pd.DataFrame) -> str:
         elif diff:
             diff += f" ({r.get('diff_test')}: no interval)"
         ratio = lambda key: f"×{r[key]:.2f}" if _fmt(r.get(key)) else ""  # noqa: E731
+        quartiles = lambda key: f"{ratio(key)} [{r[key + '_q1']:.2f}, {r[key + '_q3']:.2f}]" if ratio(key) else ""  # noqa: E731
         flops = f"{r['extra_flops_pct']:+.2f} %" if _fmt(r.get("extra_flops_pct")) else ""
+        speed = (f"{quartiles('bench_train_step_ratio')} | {quartiles('bench_inference_speed_ratio')} |" if bench
+                 else f"{ratio('inference_speed_ratio')} |")
         lines.append(f"| {_fmt(r['rank'], 'd')} | {r['row']} | `{r['model']}` | {_fmt(r.get('params'), ',d')} | "
                      f"{_fmt(r.get('mixing_params'), ',d')} | {ppl} | {diff} | {flops} | {ratio('train_time_ratio')} | "
-                     f"{ratio('inference_speed_ratio')} |")
+                     f"{speed}")
     return "\n".join(lines) + "\n"
 
 
@@ -253,7 +285,7 @@ def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
 def league(runs: list[Run], cfg: DictConfig, title: str, stem: Path) -> list[Path]:
     """build.ANALYSES["league"]: league.csv, league.md and league.png under `stem`."""
     command_line = list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
-    table = league_table(runs, command_line)
+    table = with_bench_speeds(league_table(runs, command_line), Path(stem).parent / SPEED_CSV)
     csv, md, png = (Path(f"{stem}.{ext}") for ext in ("csv", "md", "png"))
     atomic_write_text(csv, for_csv(table).to_csv(index=False))
     atomic_write_text(md, markdown(table))
