@@ -21,7 +21,7 @@ On CPU the process keeps freed memory (`dwa_bench.steady_allocator`), so that no
 faults another one avoided. The models are built with seed 0's initial weights; speed does not depend on the weights' values.
 The vocabulary is the scale's tokenizer's, padded as the runs pad it. No data is read.
 
-    .venv/bin/python benchmarks/league_speed.py --scale mini --threads 1   # ~5 min on 2 CPU cores
+    .venv/bin/python benchmarks/league_speed.py --scale mini --threads 1   # ~10 min on a 2-core CPU
     .venv/bin/python benchmarks/league_speed.py --scale smoke --rounds 2   # seconds (what the tests run)
     .venv/bin/python benchmarks/league_speed.py --scale small --device cuda
 
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="mini", help="the league's scale (smoke, mini, small, paper)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ...")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (the runs' num_threads)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (every node once per round)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per node and round (their median)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (every node once per round)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per node and round (their median)")
     parser.add_argument("--out-dir", type=Path, default=None, help="default: experiments/league/<scale>/")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.repeats < 1:
