@@ -21,7 +21,7 @@ On CPU the process keeps freed memory (`dwa_bench.steady_allocator`), so that no
 faults another one avoided. The models are built with seed 0's initial weights; speed does not depend on the weights' values.
 The vocabulary is the scale's tokenizer's, padded as the runs pad it. No data is read.
 
-    .venv/bin/python benchmarks/league_speed.py --scale mini --threads 1   # ~10 min on a 2-core CPU
+    .venv/bin/python benchmarks/league_speed.py --scale mini --threads 1   # minutes (17 nodes × 5 rounds)
     .venv/bin/python benchmarks/league_speed.py --scale smoke --rounds 2   # seconds (what the tests run)
     .venv/bin/python benchmarks/league_speed.py --scale small --device cuda
 
@@ -44,6 +44,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from denselab.config import register_resolvers
+from denselab.data.tokenizers import configured_vocab_size
 from denselab.io import atomic_write_json, atomic_write_text, git_info, machine_info
 from denselab.models import build_model, count_parameters, padded_vocab_size
 from denselab.report.league import SPEED_CSV, SPEED_JSON, row_name
@@ -54,12 +55,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dwa_bench import paired_ratios, steady_allocator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER_VOCAB = {"byte": 257, "gpt2": 50257}  # tokenizer=bpe: data.bpe_vocab_size
-
-
-def tokenizer_vocab_size(data: DictConfig) -> int:
-    """The vocabulary a run of this data config trains with, before padding (no data is read)."""
-    return int(data.bpe_vocab_size) if data.tokenizer == "bpe" else TOKENIZER_VOCAB[data.tokenizer]
 
 
 def league_jobs(scale: str) -> list[tuple[dict, DictConfig]]:
@@ -82,7 +77,8 @@ def measure(jobs: list[tuple[dict, DictConfig]], device: torch.device, rounds: i
     nets, vocabs = [], []
     for _, cfg in jobs:
         torch.manual_seed(0)
-        vocabs.append(padded_vocab_size(tokenizer_vocab_size(cfg.data), cfg.model.vocab_multiple))
+        vocabs.append(padded_vocab_size(configured_vocab_size(cfg.data.tokenizer, cfg.data.bpe_vocab_size),
+                                         cfg.model.vocab_multiple))
         nets.append(build_model(cfg.model, vocabs[-1]).to(device))
     samples = []
     for r in range(rounds):

@@ -91,11 +91,10 @@ def model_flops_per_token(net, seq_len: int) -> float:
 
 def job_cost(cfg: DictConfig, overrides: list[str], status: str) -> JobCost:
     """The cost of one job from its composed config; the model is built on the meta device."""
-    from denselab.data.tokenizers import ByteTokenizer, GPT2Tokenizer
+    from denselab.data.tokenizers import configured_vocab_size
     from denselab.models import build_model, count_parameters, padded_vocab_size
 
-    vocab = {"byte": ByteTokenizer.vocab_size, "gpt2": GPT2Tokenizer.vocab_size}.get(cfg.data.tokenizer)
-    vocab = vocab or int(cfg.data.bpe_vocab_size)  # tokenizer=bpe
+    vocab = configured_vocab_size(cfg.data.tokenizer, cfg.data.bpe_vocab_size)
     net = build_model(cfg.model, padded_vocab_size(vocab, cfg.model.vocab_multiple), device="meta")
     tokens = int(cfg.steps) * int(cfg.batch_size) * int(cfg.seq_len)
     return JobCost(overrides, status, count_parameters(net)["total"], tokens, model_flops_per_token(net, int(cfg.seq_len)))

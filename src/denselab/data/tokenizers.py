@@ -171,6 +171,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> str:
 
 
 @functools.cache
+def configured_vocab_size(tokenizer: str, bpe_vocab_size: int) -> int:
+    """The vocabulary a data config's tokenizer has, before padding, without reading any data or files
+    (tokenizer=bpe: the size it is trained to)."""
+    return {"byte": ByteTokenizer.vocab_size, "gpt2": GPT2Tokenizer.vocab_size}.get(tokenizer) or int(bpe_vocab_size)
+
+
 def get_tokenizer(name: str) -> ByteTokenizer | GPT2Tokenizer | BpeTokenizer:
     """The tokenizer of a spec ('byte', 'gpt2' or 'bpe:<path to tokenizer.json>'), built once per process."""
     if name == "byte":
