@@ -133,15 +133,20 @@ def test_failed_job_is_recorded_the_sweep_finishes_and_exits_nonzero(tmp_path, d
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, data_dir):
     args = [*[a for a in TINY if not a.startswith(("steps=", "trainer.val_check_interval="))],
             "steps=400", "trainer.val_check_interval=400"]
-    cmd = [sys.executable, str(REPO / "run.py"), *args, f"paths.log_dir={tmp_path}", f"paths.data_dir={data_dir}"]
-    # Ctrl-C as a terminal sends it, even when the tests run where SIGINT is ignored (a background
-    # job or nohup: the ignored disposition is inherited, and Python then installs no handler for it)
+    # Ctrl-C as a terminal sends it becomes Python's KeyboardInterrupt. The child installs that handler
+    # itself: where the tests run with SIGINT ignored (nohup, a background job) it inherits the ignored
+    # disposition and Python installs none. Not preexec_fn, which runs between fork and exec and can
+    # deadlock the child while pytest-xdist's threads hold a lock.
+    with_ctrl_c = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    cmd = [sys.executable, "-c", with_ctrl_c, str(REPO / "run.py"), *args, f"paths.log_dir={tmp_path}",
+           f"paths.data_dir={data_dir}"]
     job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.time() + 240
     while not list(tmp_path.rglob("events.out.tfevents.*")) and time.time() < deadline and job.poll() is None:
         time.sleep(0.01)
+    assert job.poll() is None and list(tmp_path.rglob("events.out.tfevents.*")), "the run did not start training"
     time.sleep(0.5)  # well inside training, before the first checkpoint, at the end (step 400)
     job.send_signal(signal.SIGINT)
     output, _ = job.communicate(timeout=120)
