@@ -6,6 +6,7 @@ skipped from its records) is in test_league.py."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -204,3 +205,23 @@ def test_the_wall_time_of_a_campaign_spread_over_sessions_leaves_out_the_days_be
     assert busy_seconds(two_lanes) == 20 * 60  # side by side: overlaps counted once
     assert busy_seconds(two_lanes + next_week) == 30 * 60
     assert busy_seconds([]) == 0.0
+
+
+def test_the_recorded_commit_is_dirty_for_changed_code_not_for_rewritten_results(tmp_path):
+    from denselab.io import git_info
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for name in ("src/model.py", "experiments/table1/mini/summary.csv", "docs/notes.md", "README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "v1")
+    for name in ("experiments/table1/mini/summary.csv", "docs/notes.md", "README.md"):  # what a report rewrites
+        (tmp_path / name).write_text("v2\n")
+    assert git_info(tmp_path / "src") == {"commit": git_info(tmp_path)["commit"], "dirty": False}
+    (tmp_path / "src/model.py").write_text("v2\n")
+    assert git_info(tmp_path / "src")["dirty"] is True

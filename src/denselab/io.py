@@ -94,7 +94,8 @@ def read_json(path: str | Path) -> dict | None:
 
 
 def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
-    """The commit the code runs from and whether the working tree had uncommitted changes."""
+    """The commit the code runs from and whether its code or configuration had uncommitted changes
+    (results and docs being rewritten, as a report does, leave what ran unchanged)."""
     cwd = cwd or Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -104,7 +105,8 @@ def git_info(cwd: str | Path | None = None) -> dict[str, Any]:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                 ":(top,exclude)experiments", ":(top,exclude)docs", ":(top,exclude)*.md")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
