@@ -20,7 +20,8 @@ from denselab.config import register_resolvers
 from denselab.models.catalog import node_names
 from denselab.plan import flops_per_token
 from denselab.report.build import write_readme
-from denselab.report.league import league_table, markdown, row_name, train_flops_per_token, with_bench_speeds
+from denselab.report.league import (OFF_SCALE, league_table, markdown, off_the_scale, row_name, train_flops_per_token,
+                                    training_time_axis, with_bench_speeds)
 from denselab.report.runs import Run, expected_runs
 from hydra_plugins.denselab_sweeper.rows_sweeper import expand_rows
 from tests.conftest import REPO, run_cli
@@ -128,6 +129,22 @@ def test_the_league_takes_its_side_by_side_speeds_from_speed_csv_by_node_name(tm
     assert "| training time | training step, side by side | inference speed, side by side |" in text
     mudd = next(line for line in text.splitlines() if "MUDDFormer" in line)
     assert mudd.endswith("| ×1.50 | ×1.50 [1.40, 1.60] | ×0.75 [0.70, 0.80] |")
+
+
+
+def test_the_figure_plots_the_side_by_side_training_time_when_there_is_one_and_names_far_worse_nodes(tmp_path):
+    runs = [_run(tmp_path, "transformer", s, 50.0 + s) for s in range(2)]
+    runs += [_run(tmp_path, "mudd", s, 48.0 + s, time_s=15.0, mixing=300) for s in range(2)]
+    runs += [_run(tmp_path, "elc_bert", s, OFF_SCALE * 52.0 + s, time_s=11.0, mixing=90) for s in range(2)]
+    table = league_table(runs)
+    assert training_time_axis(table)[0] == "ours_train_time_s"
+    pd.DataFrame({"row": [row_name({"model": m}) for m in ("transformer", "mudd", "elc_bert")],
+                  **{k: [1.0, 1.5, 1.1] for k in ("train_ratio", "train_ratio_q1", "train_ratio_q3")},
+                  **{k: [1.0, 0.8, 0.9] for k in ("inference_ratio", "inference_ratio_q1", "inference_ratio_q3")},
+                  }).to_csv(tmp_path / "speed.csv", index=False)
+    assert training_time_axis(with_bench_speeds(table, tmp_path / "speed.csv"))[0] == "bench_train_step_ratio"
+    transformer_ppl = table.set_index("row").loc["Transformer", "ours_ppl"]
+    assert off_the_scale(table, transformer_ppl)["row"].tolist() == ["ELC-BERT"]
 
 
 def _model_cfg(name: str, depth: int = 4, width: int = 32):

@@ -262,7 +262,8 @@ def write_readme(name: str, folder: Path) -> Path:
                   "time and inference speed carry whatever else was running. `make bench-league SCALE=mini` "
                   "(benchmarks/league_speed.py) times every node in one process, in interleaved rounds, and writes "
                   "`<scale>/speed.csv` and `speed.json` (machine, commit, command). The report then shows those "
-                  "ratios to the Transformer (median [quartiles] over the rounds) beside the runs' training time.", ""]
+                  "ratios to the Transformer (median [quartiles] over the rounds) beside the runs' training time, and the "
+                  "figure plots perplexity against them.", ""]
     if source:
         lines += [f"It draws on the runs of `{source}` (the same sweep folder): runs `{source}` already "
                   "trained are reused, the missing ones are trained first.", ""]

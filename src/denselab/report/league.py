@@ -35,6 +35,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -228,9 +229,31 @@ def markdown(table: pd.DataFrame) -> str:
 
 # -- the figure -----------------------------------------------------------------------------------
 
+# Panels (b) and (c) leave out nodes whose perplexity is over this multiple of the Transformer's (panel
+# (a) shows every node, on a log scale beyond ±10).
+OFF_SCALE = 1.5
+
+
+def training_time_axis(table: pd.DataFrame) -> tuple[str, str]:
+    """The column and label of the figure's training-time axis: the side-by-side bench's ratio when the
+    table has it (each run's own time carries whatever else shared the machine while it ran)."""
+    if "bench_train_step_ratio" in table and table["bench_train_step_ratio"].notna().any():
+        return "bench_train_step_ratio", "training step time, ratio to the Transformer's (side by side; bars: quartiles)"
+    return "ours_train_time_s", "training time (s; bars: SE over seeds)"
+
+
+def off_the_scale(table: pd.DataFrame, reference_ppl: float) -> pd.DataFrame:
+    """The rows named rather than drawn in panels (b) and (c): one node far worse than the reference
+    would squash all the others into a band."""
+    if math.isnan(reference_ppl):
+        return table.iloc[0:0]
+    return table[table["ours_ppl"] > OFF_SCALE * reference_ppl]
+
+
 def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
     """(a) the paired difference to the Transformer with its 95 % CI, per node in league order;
-    perplexity (± SE over seeds) against (b) training time and (c) the node's own parameters."""
+    perplexity (± SE over seeds) against (b) training time (the side-by-side bench's ratio when there is
+    one) and (c) the node's own parameters."""
     done = table[table["ours_ppl"].notna()]
     fig, axes = plt.subplots(1, 3, figsize=(17, 0.32 * len(table) + 3.2))
     ax = axes[0]
@@ -254,25 +277,40 @@ def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
     reference = done.iloc[0:0]
     if "diff_reference" in done and done["diff_reference"].notna().any():
         reference = table[table["row"] == done["diff_reference"].dropna().iloc[0]]
-    for ax, x, xlabel, tag in ((axes[1], "ours_train_time_s", "training time (s)", "(b)"),
-                               (axes[2], "mixing_params", "the node's own parameters (symlog)", "(c)")):
-        rows = done.dropna(subset=[x]) if x in done else done.iloc[0:0]
-        xerr = pd.to_numeric(rows.get(f"{x}_stderr"), errors="coerce").fillna(0) if f"{x}_stderr" in rows else None
+    timing = training_time_axis(done)
+    ref_ppl = float(reference["ours_ppl"].iloc[0]) if len(reference) else math.nan
+    off_scale = off_the_scale(done, ref_ppl)
+    for ax, (x, xlabel), panel in ((axes[1], timing, "(b) perplexity vs training time"),
+                                   (axes[2], ("mixing_params", "the node's own parameters (symlog)"),
+                                    "(c) perplexity vs the node's own parameters")):
+        rows = done.drop(off_scale.index)
+        rows = rows.dropna(subset=[x]) if x in rows else rows.iloc[0:0]
         yerr = pd.to_numeric(rows["ours_ppl_stderr"], errors="coerce").fillna(0)
-        for (_, r), xe, ye in zip(rows.iterrows(), xerr if xerr is not None else [0] * len(rows), yerr):
-            ax.errorbar(float(r[x]), r["ours_ppl"], yerr=ye, xerr=xe, fmt="s" if r["model"] == "transformer" else "o",
+        for (_, r), ye in zip(rows.iterrows(), yerr):
+            xv = float(r[x])
+            if f"{x}_q1" in r:  # the bench's quartiles over rounds
+                xe = [[xv - float(r[f"{x}_q1"])], [float(r[f"{x}_q3"]) - xv]]
+            else:  # the runs' SE over seeds, where the column has one
+                se = pd.to_numeric(r.get(f"{x}_stderr", np.nan), errors="coerce")
+                xe = 0.0 if pd.isna(se) else float(se)
+            ax.errorbar(xv, r["ours_ppl"], yerr=ye, xerr=xe, fmt="s" if r["model"] == "transformer" else "o",
                         capsize=2, color="tab:red" if r["model"] == "transformer" else "tab:blue")
-            ax.annotate(r["row"], (float(r[x]), r["ours_ppl"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        if len(reference) and not math.isnan(reference["ours_ppl"].iloc[0]):
-            ax.axhline(reference["ours_ppl"].iloc[0], color="tab:red", ls="--", lw=1, label="Transformer")
+            ax.annotate(r["row"], (xv, r["ours_ppl"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        if not math.isnan(ref_ppl):
+            ax.axhline(ref_ppl, color="tab:red", ls="--", lw=1, label="Transformer")
             ax.legend(fontsize=7)
+        if len(off_scale):
+            names = "; ".join(f"{r['row']} ({r['ours_ppl']:.1f})" for _, r in off_scale.iterrows())
+            xlabel += f"\nnot drawn, perplexity over {OFF_SCALE:g}× the Transformer's:\n{names}"
         if x == "mixing_params":  # from 0 (the Transformer, ResFormer) to millions (MUDD at the paper's size)
             ax.set_xscale("symlog", linthresh=10)
             ax.set_xlim(-1, 3 * max([10.0, *rows[x].astype(float)]))
         ax.set_yscale("log")  # perplexity is exp(loss): equal steps are equal loss differences
-        ax.set_xlabel(xlabel)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel(xlabel, fontsize=8 if "\n" in xlabel else None)
         ax.set_ylabel("final validation perplexity (± SE over seeds; log)")
-        ax.set_title(f"{tag} perplexity vs {xlabel.split(' (')[0]}", fontsize=10)
+        ax.set_title(panel, fontsize=10)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
