@@ -44,6 +44,21 @@ def test_less_uses_the_reports_paired_interval_when_the_reference_is_the_tables(
     assert verdict(LESS, table({"T": (7.7, 0.10, 3), "D": (7.5, 0.10, 3)})).verdict == C.SAME
 
 
+
+def test_two_rows_that_are_not_the_reference_are_paired_over_the_seeds_they_share():
+    from scipy import stats
+
+    deep_dense, deep_transformer = [54.17, 54.20, 55.99], [57.36, 57.03, 59.58]  # a common shift per seed
+    seeds = lambda ppl: json.dumps({str(s): p for s, p in enumerate(ppl)})  # noqa: E731
+    frame = table({"T": (56.25, 0.04, 3), "D": (54.79, 0.60, 3), "T72": (57.99, 0.80, 3)},
+                  ours_ppl_by_seed=[None, seeds(deep_dense), seeds(deep_transformer)])
+    result = verdict({"kind": "less", "row": "D", "reference": "T72"}, frame)
+    low, high = stats.ttest_rel(deep_dense, deep_transformer).confidence_interval(0.95)
+    assert "paired t" in result.text and result.n == 3
+    assert (result.estimate.low, result.estimate.high) == (pytest.approx(low), pytest.approx(high))
+    unpaired = verdict({"kind": "less", "row": "D", "reference": "T72"}, frame.drop(columns="ours_ppl_by_seed"))
+    assert "Welch" in unpaired.text and unpaired.estimate.high - unpaired.estimate.low > 2 * (high - low)
+
 def test_less_reversed_pair_and_each_directional_verdict():
     frame = table({"T": (7.7, 0.10, 3), "D": (7.5, 0.10, 3)}, paired={"D": (-0.2, -0.25, -0.15, 3)})
     assert verdict({"kind": "less", "row": "T", "reference": "D"}, frame).verdict == C.CONTRADICTED

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from denselab.report.runs import Run
 from denselab.report.tables import build_table
 
@@ -34,3 +36,17 @@ def test_a_row_whose_runs_are_still_running_or_stopped_midway_is_unfinished_not_
     rows = build_table(runs, None, ["model", "depth", "dilation", "period"]).set_index("row")
     assert rows.loc["Skips With Gains 48", "status"] == "unfinished"  # the same command resumes both
     assert rows.loc["Last K (K=4) 48", "status"] == "failed"  # one of them failed
+
+
+def test_each_row_keeps_its_seeds_perplexities_so_any_two_rows_can_be_paired(tmp_path: Path):
+    from denselab.report.tables import ppl_by_seed
+
+    runs = [Run(tmp_path / f"t{s}", ("model=transformer", "paper.depth=48"), str(s),
+                {"status": "completed", "final_val_ppl": 50.0 + s, "steps": 500, "params": {"total": 1_000_000},
+                 "hparams": {"model": "transformer", "paper_depth": 48, "depth": 12, "width": 128}})
+            for s in (2, 0)]
+    table = build_table(runs, "1", ["model", "depth", "dilation", "period"]).set_index("row")
+    csv = tmp_path / "table1.csv"
+    table.to_csv(csv)
+    assert ppl_by_seed(pd.read_csv(csv).set_index("row").loc["Transformer 48", "ours_ppl_by_seed"]) == {"0": 50.0, "2": 52.0}
+    assert ppl_by_seed(table.loc["Skips With Gains 48", "ours_ppl_by_seed"]) == {}  # a row that never ran

@@ -14,8 +14,10 @@ Each claim names its experiment, and its rule turns that experiment's report CSV
     not run                           a row or an experiment the rule needs has no result
 
 A difference a − b of a metric ("ppl" by default; "inference_bps", "params_m", ...: the CSV's ours_<metric>
-with ours_<metric>_stderr and ours_n) is, in order of preference: the report's paired difference (its
-diff_* columns, when b is the table's reference row, the first row with results); Welch's t from the two
+with ours_<metric>_stderr and ours_n) is, in order of preference: a paired t over the seeds both rows ran
+(their `ours_ppl_by_seed`, perplexity only: same seed, same batches and, at one depth, the same initial
+block weights); the report's paired difference (its diff_* columns, when b is the table's reference row,
+the first row with results); Welch's t from the two
 rows' means, standard errors and n (rows that are not paired in the CSV: a wider interval than the paired
 one would be, never a narrower one); exact, for a metric without a standard error (parameters); a point
 estimate without interval when a row has one seed.
@@ -50,6 +52,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -58,6 +61,8 @@ import numpy as np
 import pandas as pd
 import yaml
 from scipy import stats
+
+from denselab.report.tables import SEED_PPL, paired_difference, ppl_by_seed
 
 EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
 CONF = Path(__file__).resolve().parents[3] / "conf"
@@ -270,6 +275,14 @@ def difference(frame: pd.DataFrame | None, a_sel: Any, b_sel: Any, metric: str =
     mb, sb, nb, _ = _stat(b, metric, source)
     if source == "paper":
         return Estimate(ma, mb)
+    if metric == "ppl":
+        seeds_a, seeds_b = ppl_by_seed(a.get(SEED_PPL)), ppl_by_seed(b.get(SEED_PPL))
+        shared = sorted(set(seeds_a) & set(seeds_b))
+        if len(shared) >= 2:
+            paired = paired_difference({s: seeds_a[s] for s in shared}, {s: seeds_b[s] for s in shared})
+            low, high, n = paired["diff_ppl_ci95_low"], paired["diff_ppl_ci95_high"], len(shared)
+            return Estimate(statistics.fmean(seeds_a[s] for s in shared), statistics.fmean(seeds_b[s] for s in shared),
+                            low, high, n, "paired t", (high - low) / 2 / _t(n - 1), n - 1)
     if metric == "ppl" and "diff_reference" in frame and _reference_row(frame) is not None:
         ref = _reference_row(frame)
         for x, y, sign in ((a, b, 1.0), (b, a, -1.0)):  # x's paired difference to y, y the reference row

@@ -5,11 +5,13 @@ Beside each row's mean, its difference to the table's reference row (its first r
 paper's baseline) with a 95 % confidence interval: a paired t over the seeds both rows ran (same seed,
 same initial block weights, same batches: models/__init__.py, data/datamodule.py), Welch's unpaired t
 when they share fewer than two seeds. `diff_resolved` says whether the interval excludes 0; with fewer
-than two seeds there is no interval, and nothing is resolved.
+than two seeds there is no interval, and nothing is resolved. `ours_ppl_by_seed` keeps each seed's
+perplexity (JSON, seed → perplexity), so that any two rows can be paired later (report/claims.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -32,7 +34,7 @@ LABELS = {
 
 
 COLUMNS = ["row", "model", "k_x_p", "depth", "width", "note", "paper_params_m", "ours_params_m", "paper_ppl",
-           "paper_ppl_stderr", "ours_ppl", "ours_ppl_stderr", "ours_n", "diff_reference", "diff_ppl",
+           "paper_ppl_stderr", "ours_ppl", "ours_ppl_stderr", "ours_n", "ours_ppl_by_seed", "diff_reference", "diff_ppl",
            "diff_ppl_ci95_low", "diff_ppl_ci95_high", "diff_n", "diff_test", "diff_resolved",
            "paper_inference_bps", "ours_inference_bps",
            "ours_inference_bps_stderr", "ours_train_bps", "ours_train_bps_stderr", "paper_steps", "ours_steps",
@@ -115,7 +117,16 @@ def summarize_group(runs: list[Run]) -> dict[str, Any]:
     return out
 
 
-SEED_PPL = "_ppl_by_seed"  # summarize_group → build_table only; not a column of the table
+SEED_PPL = "ours_ppl_by_seed"  # a dict while the table is built, JSON in the table
+
+
+def ppl_by_seed(value: Any) -> dict[str, float]:
+    """A row's `ours_ppl_by_seed` (JSON, as the CSV has it) as {seed: perplexity}; {} when absent."""
+    if isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items()}
+    if not isinstance(value, str) or not value:
+        return {}
+    return {str(k): float(v) for k, v in json.loads(value).items()}
 
 
 def paired_difference(ours: dict[str, float], reference: dict[str, float]) -> dict[str, Any]:
@@ -143,9 +154,12 @@ def _add_differences(rows: list[dict[str, Any]]) -> None:
     reference = next((r for r in rows if r.get(SEED_PPL)), None)
     reference_seeds = reference[SEED_PPL] if reference is not None else {}
     for row in rows:
-        seeds = row.pop(SEED_PPL, None)
+        seeds = row.get(SEED_PPL)
         if reference is not None and row is not reference and seeds:
             row.update(diff_reference=reference["row"], **paired_difference(seeds, reference_seeds))
+    for row in rows:
+        if SEED_PPL in row:
+            row[SEED_PPL] = json.dumps({str(k): round(v, 4) for k, v in sorted(row[SEED_PPL].items())}) if row[SEED_PPL] else None
 
 
 def build_table(runs: list[Run], table: str | None, match: list[str]) -> pd.DataFrame:
