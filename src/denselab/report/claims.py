@@ -647,8 +647,8 @@ def readme_lines(board: pd.DataFrame) -> list[str]:
              "estimate does, its interval does not; **contradicted**: the interval lies on the other side; **not "
              "resolved at this scale**: a gate failed (e.g. deeper Transformers are not better, or the α did not move "
              "from the identity), so the numbers are shown but no conclusion is drawn; **not run**: no result. "
-             "Intervals: the report's paired t over seeds where the row is paired with the table's reference row, "
-             "else Welch's t from the rows' means and standard errors; n: seeds.", "",
+             "Intervals: a paired t over the seeds both rows ran (same seeds, same batches), else Welch's t from "
+             "the rows' means and standard errors; n: seeds.", "",
              "| claim | paper | ours (95 % CI) | verdict (scale, n) |", "| --- | --- | --- | --- |"]
     for r in board.itertuples():
         where = f"{r.scale}, n={r.n}" if _cell(r.scale) and not pd.isna(r.n) else _cell(r.scale)
