@@ -14,18 +14,20 @@ from denselab.report import claims as C
 from tests.conftest import REPO
 
 
-def table(rows: dict[str, tuple], paired: dict[str, tuple] | None = None, **columns) -> pd.DataFrame:
-    """A report table: row → (mean ppl, standard error, n); `paired`: row → (diff, low, high, n) to the first row."""
+def table(rows: dict[str, tuple], seeds: dict[str, list[float]] | None = None, **columns) -> pd.DataFrame:
+    """A report table: row → (mean ppl, standard error, n); `seeds`: row → its perplexity per seed (0, 1, ...)."""
     frame = pd.DataFrame([{"row": r, "ours_ppl": m, "ours_ppl_stderr": se, "ours_n": n, "status": "ok"}
                           for r, (m, se, n) in rows.items()])
     for column, values in columns.items():
         frame[column] = values
-    reference = frame["row"].iloc[0]
-    for r, (diff, low, high, n) in (paired or {}).items():
-        i = frame.index[frame["row"] == r][0]
-        frame.loc[i, ["diff_reference", "diff_test"]] = [reference, "paired t"]
-        frame.loc[i, ["diff_ppl", "diff_ppl_ci95_low", "diff_ppl_ci95_high", "diff_n"]] = [diff, low, high, n]
+    if seeds:
+        frame["ours_ppl_by_seed"] = [json.dumps({str(s): p for s, p in enumerate(seeds[r])}) if r in seeds else None
+                                     for r in frame["row"]]
     return frame
+
+
+# the same three seeds: D is 0.2 below T on each (± 0.01), while the seeds themselves spread by ± 0.1
+PAIRED = {"T": [7.6, 7.7, 7.8], "D": [7.41, 7.49, 7.60]}
 
 
 def verdict(rule: dict, frame: pd.DataFrame | None, **frames) -> C.Result:
@@ -35,11 +37,14 @@ def verdict(rule: dict, frame: pd.DataFrame | None, **frames) -> C.Result:
 LESS = {"kind": "less", "row": "D", "reference": "T"}
 
 
-def test_less_uses_the_reports_paired_interval_when_the_reference_is_the_tables():
-    frame = table({"T": (7.7, 0.10, 3), "D": (7.5, 0.10, 3)}, paired={"D": (-0.2, -0.25, -0.15, 3)})
+def test_less_pairs_the_two_rows_over_their_seeds():
+    from scipy import stats
+
+    frame = table({"T": (7.7, 0.10, 3), "D": (7.5, 0.10, 3)}, seeds=PAIRED)
     result = verdict(LESS, frame)
-    assert result.verdict == C.REPRODUCED and result.n == 3
-    assert result.estimate.low == -0.25 and "paired t" in result.text
+    assert result.verdict == C.REPRODUCED and result.n == 3 and "paired t" in result.text
+    low, high = stats.ttest_rel(PAIRED["D"], PAIRED["T"]).confidence_interval(0.95)
+    assert (result.estimate.low, result.estimate.high) == (pytest.approx(low), pytest.approx(high))
     # the same means unpaired (Welch from the summaries): the seed spread swamps the difference
     assert verdict(LESS, table({"T": (7.7, 0.10, 3), "D": (7.5, 0.10, 3)})).verdict == C.SAME
 
@@ -60,7 +65,7 @@ def test_two_rows_that_are_not_the_reference_are_paired_over_the_seeds_they_shar
     assert "Welch" in unpaired.text and unpaired.estimate.high - unpaired.estimate.low > 2 * (high - low)
 
 def test_less_reversed_pair_and_each_directional_verdict():
-    frame = table({"T": (7.7, 0.10, 3), "D": (7.5, 0.10, 3)}, paired={"D": (-0.2, -0.25, -0.15, 3)})
+    frame = table({"T": (7.7, 0.10, 3), "D": (7.5, 0.10, 3)}, seeds=PAIRED)
     assert verdict({"kind": "less", "row": "T", "reference": "D"}, frame).verdict == C.CONTRADICTED
     assert verdict({"kind": "greater", "row": "T", "reference": "D"}, frame).verdict == C.REPRODUCED
     worse = table({"T": (7.5, 0.01, 3), "D": (7.7, 0.01, 3)})  # Welch: resolved the wrong way
@@ -175,7 +180,7 @@ def test_pruning():
 
 def test_gates_make_a_claim_not_resolved_at_this_scale():
     frame = table({"T": (7.7, 0.10, 3), "D": (7.5, 0.10, 3), "T72": (7.8, 0.1, 3)},
-                  paired={"D": (-0.2, -0.25, -0.15, 3)})
+                  seeds=PAIRED)
     claim = {"id": "c", "text": "", "experiment": "t", "rule": LESS}
     assert C.evaluate_claim(claim, "mini", {"t": frame}).verdict == C.REPRODUCED
     recorded = C.evaluate_claim(claim, "mini", {"t": frame}, gates={("t", "mini"): (False, "depth axis failed")})
@@ -272,14 +277,14 @@ def test_scoreboard_and_readme_from_the_committed_csvs(tmp_path):
 def test_scoreboard_of_hand_made_results_with_a_recorded_gate(tmp_path):
     folder = tmp_path / "experiments"
     (folder / "t" / "mini").mkdir(parents=True)
-    frame = table({"T": (7.7, 0.1, 3), "D": (7.5, 0.1, 3)}, paired={"D": (-0.2, -0.25, -0.15, 3)})
+    frame = table({"T": (7.7, 0.1, 3), "D": (7.5, 0.1, 3)}, seeds=PAIRED)
     frame.to_csv(folder / "t" / "mini" / "t.csv", index=False)
     (folder / "t" / "mini" / "run_info.json").write_text(json.dumps({"scale": "mini"}))
     claims = [{"id": "c", "text": "D beats T", "experiment": "t", "rule": LESS, "paper": "p"},
               {"id": "u", "text": "never run", "experiment": "u", "rule": LESS, "paper": "p"}]
     board = C.scoreboard(folder, claims).set_index("claim")
     assert board.loc["c", "verdict"] == C.REPRODUCED and board.loc["c", "n"] == 3
-    assert board.loc["c", "diff_ci95_high"] == -0.15
+    assert board.loc["c", "diff_ci95_high"] == pytest.approx(-0.2 + 4.303 * 0.01 / 3 ** 0.5, abs=1e-3)
     assert board.loc["u", "verdict"] == C.NOT_RUN and pd.isna(board.loc["u", "scale"])
     (folder / "t" / "mini" / "run_info.json").write_text(json.dumps(
         {"scale": "mini", "gates": {"passed": False, "label": "not resolved at this scale"}}))

@@ -16,11 +16,9 @@ Each claim names its experiment, and its rule turns that experiment's report CSV
 A difference a − b of a metric ("ppl" by default; "inference_bps", "params_m", ...: the CSV's ours_<metric>
 with ours_<metric>_stderr and ours_n) is, in order of preference: a paired t over the seeds both rows ran
 (their `ours_ppl_by_seed`, perplexity only: same seed, same batches and, at one depth, the same initial
-block weights); the report's paired difference (its diff_* columns, when b is the table's reference row,
-the first row with results); Welch's t from the two
-rows' means, standard errors and n (rows that are not paired in the CSV: a wider interval than the paired
-one would be, never a narrower one); exact, for a metric without a standard error (parameters); a point
-estimate without interval when a row has one seed.
+block weights); Welch's t from the two rows' means, standard errors and n (rows that share fewer than two
+seeds: a wider interval than the paired one would be, never a narrower one); exact, for a metric without a
+standard error (parameters); a point estimate without interval when a row has one seed.
 
 Rule kinds (the keys of each in claims.yaml):
 
@@ -255,14 +253,6 @@ def _stat(row: pd.Series, metric: str, source: str) -> tuple[float, float | None
     return mean, _float(row.get(f"{source}_{metric}_stderr")), (int(n) if n is not None else None), has_se
 
 
-def _reference_row(frame: pd.DataFrame) -> str | None:
-    """The table's reference: its first row with results (tables._add_differences)."""
-    ppl = pd.to_numeric(frame.get("ours_ppl"), errors="coerce") if "ours_ppl" in frame else None
-    if ppl is None or not ppl.notna().any():
-        return None
-    return frame.loc[ppl.notna().idxmax(), "row"]
-
-
 def _t(df: float) -> float:
     return float(stats.t.ppf(0.975, df))
 
@@ -283,17 +273,6 @@ def difference(frame: pd.DataFrame | None, a_sel: Any, b_sel: Any, metric: str =
             low, high, n = paired["diff_ppl_ci95_low"], paired["diff_ppl_ci95_high"], len(shared)
             return Estimate(statistics.fmean(seeds_a[s] for s in shared), statistics.fmean(seeds_b[s] for s in shared),
                             low, high, n, "paired t", (high - low) / 2 / _t(n - 1), n - 1)
-    if metric == "ppl" and "diff_reference" in frame and _reference_row(frame) is not None:
-        ref = _reference_row(frame)
-        for x, y, sign in ((a, b, 1.0), (b, a, -1.0)):  # x's paired difference to y, y the reference row
-            if y["row"] == ref and x.get("diff_reference") == ref and _float(x.get("diff_ppl_ci95_low")) is not None:
-                low, high = sign * float(x["diff_ppl_ci95_low"]), sign * float(x["diff_ppl_ci95_high"])
-                n = int(_float(x.get("diff_n")) or 0) or None
-                test = str(x.get("diff_test") or "paired t")
-                if test.startswith("paired") and n and n > 1:
-                    low, high = min(low, high), max(low, high)
-                    return Estimate(ma, mb, low, high, n, test, (high - low) / 2 / _t(n - 1), n - 1)
-                break  # Welch in the CSV: recomputed below from the summaries, which also give its df
     n = min(na or 0, nb or 0) or None
     if not has_se:  # a quantity without seed noise in our table (parameters): exact
         return Estimate(ma, mb, ma - mb, ma - mb, n, "exact", 0.0, math.inf)
